@@ -1,0 +1,172 @@
+"""The tf.data input pipeline for training and validation.
+
+Decoding runs in parallel (``AUTOTUNE``), the file list is reshuffled every
+epoch, batches are prefetched, and the whole dataset is never held in memory
+(unless ``cache=True``). Labels are decoded as class indices: 8-bit grey PNGs
+by ``tf.io.decode_png``; palette and 16-bit PNGs (which TensorFlow would expand
+to colours or rescale) through PIL.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from kseg.data.io import read_label
+from kseg.data.preprocess import IMAGENET_MEAN_RGB, check_image_init, check_resize_op
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _decode_image(path):
+    data = tf.io.read_file(path)
+    img = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    img.set_shape([None, None, 3])
+    return img
+
+
+def _py_read_label(path):
+    return read_label(path.decode("utf-8") if isinstance(path, bytes) else str(path)).astype(np.int32)
+
+
+def _decode_label(path, python_decoder):
+    if python_decoder:
+        lab = tf.numpy_function(_py_read_label, [path], tf.int32, stateful=False)
+    else:
+        lab = tf.cast(tf.io.decode_png(tf.io.read_file(path), channels=1)[..., 0], tf.int32)
+    lab.set_shape([None, None])
+    return lab
+
+
+def tf_normalize(image, image_init):
+    x = tf.cast(image, tf.float32)
+    if image_init == "divide":
+        return x / 255.0
+    if image_init == "sub_and_divide":
+        return x / 127.5 - 1.0
+    return x - tf.constant(IMAGENET_MEAN_RGB)
+
+
+def _letterbox_hw(h, w, out_h, out_w):
+    hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
+    scale = tf.minimum(out_h / hf, out_w / wf)
+    nh = tf.clip_by_value(tf.cast(tf.round(hf * scale), tf.int32), 1, out_h)
+    nw = tf.clip_by_value(tf.cast(tf.round(wf * scale), tf.int32), 1, out_w)
+    return nh, nw
+
+
+def tf_resize_pair(image, label, size, resize_op, ignore_index):
+    """Resize (1) or letterbox (2) an image (float) and its label (int) to ``size``."""
+    out_h, out_w = size
+    lab = label[..., None]
+    if resize_op == 1:
+        image = tf.image.resize(image, (out_h, out_w), method="bilinear")
+        lab = tf.image.resize(lab, (out_h, out_w), method="nearest")
+        return image, lab[..., 0]
+    shape = tf.shape(image)
+    nh, nw = _letterbox_hw(shape[0], shape[1], out_h, out_w)
+    image = tf.image.resize(image, (nh, nw), method="bilinear")
+    lab = tf.image.resize(lab, (nh, nw), method="nearest")
+    top, left = (out_h - nh) // 2, (out_w - nw) // 2
+    pads = [[top, out_h - nh - top], [left, out_w - nw - left]]
+    image = tf.pad(image, pads + [[0, 0]], constant_values=0.0)
+    lab = tf.pad(lab[..., 0], pads, constant_values=ignore_index)
+    return image, lab
+
+
+def tf_augment(image, label, size, ignore_index, scale_range=(0.75, 1.25), flip=True):
+    """Online, mask-safe augmentation on an (already resized) pair.
+
+    Random scale in ``scale_range`` keeping the aspect ratio (bilinear image,
+    nearest label), random horizontal flip, then random crop / pad back to
+    ``size`` (image padded with 0, label with ``ignore_index``).
+    """
+    out_h, out_w = size
+    s = tf.random.uniform([], scale_range[0], scale_range[1])
+    shape = tf.shape(image)
+    nh = tf.maximum(1, tf.cast(tf.round(tf.cast(shape[0], tf.float32) * s), tf.int32))
+    nw = tf.maximum(1, tf.cast(tf.round(tf.cast(shape[1], tf.float32) * s), tf.int32))
+    image = tf.image.resize(image, (nh, nw), method="bilinear")
+    label = tf.image.resize(label[..., None], (nh, nw), method="nearest")[..., 0]
+    if flip:
+        do = tf.random.uniform([]) < 0.5
+        image = tf.cond(do, lambda: image[:, ::-1], lambda: image)
+        label = tf.cond(do, lambda: label[:, ::-1], lambda: label)
+    # pad to at least the output size (random placement), then random crop
+    ph, pw = tf.maximum(out_h - nh, 0), tf.maximum(out_w - nw, 0)
+    top = tf.random.uniform([], 0, ph + 1, dtype=tf.int32)
+    left = tf.random.uniform([], 0, pw + 1, dtype=tf.int32)
+    pads = [[top, ph - top], [left, pw - left]]
+    image = tf.pad(image, pads + [[0, 0]], constant_values=0.0)
+    label = tf.pad(label, pads, constant_values=ignore_index)
+    h2, w2 = nh + ph, nw + pw
+    y0 = tf.random.uniform([], 0, h2 - out_h + 1, dtype=tf.int32)
+    x0 = tf.random.uniform([], 0, w2 - out_w + 1, dtype=tf.int32)
+    image = image[y0 : y0 + out_h, x0 : x0 + out_w]
+    label = label[y0 : y0 + out_h, x0 : x0 + out_w]
+    image.set_shape([out_h, out_w, 3])
+    label.set_shape([out_h, out_w])
+    return image, label
+
+
+def make_dataset(
+    pairs,
+    input_size,
+    batch_size,
+    *,
+    training=False,
+    image_init="divide",
+    resize_op=1,
+    ignore_index=255,
+    python_label_decoder=True,
+    augment=True,
+    cache=False,
+    seed=None,
+    drop_remainder=None,
+    repeat=False,
+):
+    """Build a batched ``tf.data.Dataset`` of ``(image float32 (B,H,W,3), label int32 (B,H,W))``.
+
+    Args:
+        pairs: list of ``(image_path, label_path)``.
+        input_size: ``(height, width)`` of the network input.
+        batch_size: batch size.
+        training: shuffle every epoch and (with ``augment``) augment.
+        image_init: ``divide`` | ``sub_and_divide`` | ``sub_mean``.
+        resize_op: 1 resize, 2 letterbox.
+        ignore_index: label value for padding and ignored pixels.
+        python_label_decoder: read labels with PIL (palette / 16-bit PNGs).
+        cache: keep decoded, resized pairs in memory after the first epoch.
+        seed: shuffle/augmentation seed.
+        drop_remainder: drop the last partial batch (default: when training).
+        repeat: repeat forever.
+    """
+    check_image_init(image_init)
+    resize_op = check_resize_op(resize_op)
+    size = (int(input_size[0]), int(input_size[1]))
+    images = [p[0] for p in pairs]
+    labels = [p[1] for p in pairs]
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    if training and not cache:
+        ds = ds.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
+
+    def load(ip, lp):
+        img = tf_normalize(_decode_image(ip), image_init)
+        lab = _decode_label(lp, python_label_decoder)
+        return tf_resize_pair(img, lab, size, resize_op, ignore_index)
+
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
+    if cache:
+        ds = ds.cache()
+        if training:
+            ds = ds.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
+    if training and augment:
+        ds = ds.map(
+            lambda i, l: tf_augment(i, l, size, ignore_index),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=seed is not None,
+        )
+    if repeat:
+        ds = ds.repeat()
+    if drop_remainder is None:
+        drop_remainder = training and len(pairs) >= batch_size
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ds.prefetch(AUTOTUNE)

@@ -1,0 +1,114 @@
+"""Image normalisation and geometric pre/post-processing shared by training and prediction.
+
+The numpy functions here are used by the predictor (any runtime backend); the
+tf.data pipeline (``kseg.data.pipeline``) implements the same operations in
+TensorFlow with the same conventions: bilinear for images, nearest-neighbour
+for labels, letterbox = aspect-preserving resize centred on a zero (image) /
+ignore (label) canvas.
+"""
+
+import cv2
+import numpy as np
+
+from kseg.errors import UnknownNameError
+
+IMAGENET_MEAN_RGB = np.array([123.675, 116.28, 103.53], np.float32)
+IMAGE_INITS = ("divide", "sub_and_divide", "sub_mean")
+RESIZE_OPS = {1: "resize", 2: "letterbox"}
+
+
+def check_image_init(name):
+    if name not in IMAGE_INITS:
+        raise UnknownNameError(
+            f"unknown --image_init {name!r}; valid: {', '.join(IMAGE_INITS)}"
+        )
+    return name
+
+
+def check_resize_op(op):
+    if int(op) not in RESIZE_OPS:
+        raise UnknownNameError(f"unknown --resize_op {op!r}; valid: 1 (resize), 2 (letterbox)")
+    return int(op)
+
+
+def normalize(image, image_init):
+    """uint8 RGB -> float32 network input (numpy)."""
+    x = np.asarray(image, np.float32)
+    if image_init == "divide":
+        return x / 255.0
+    if image_init == "sub_and_divide":
+        return x / 127.5 - 1.0
+    if image_init == "sub_mean":
+        return x - IMAGENET_MEAN_RGB
+    raise UnknownNameError(f"unknown image_init {image_init!r}; valid: {', '.join(IMAGE_INITS)}")
+
+
+def letterbox_params(h, w, out_h, out_w):
+    """Scale and placement of an ``h x w`` image letterboxed into ``out_h x out_w``.
+
+    Returns ``(new_h, new_w, top, left)``: the resized size and its offset.
+    """
+    scale = min(out_h / h, out_w / w)
+    nh = min(out_h, max(1, int(round(h * scale))))
+    nw = min(out_w, max(1, int(round(w * scale))))
+    return nh, nw, (out_h - nh) // 2, (out_w - nw) // 2
+
+
+def resize_image(image, size, resize_op=1, pad_value=0):
+    """Resize (op 1) or letterbox (op 2) an ``(H, W, C)`` array to ``size=(h, w)`` (bilinear)."""
+    out_h, out_w = size
+    h, w = image.shape[:2]
+    if resize_op == 1:
+        return _cv_resize(image, out_w, out_h, cv2.INTER_LINEAR)
+    nh, nw, top, left = letterbox_params(h, w, out_h, out_w)
+    canvas = np.full((out_h, out_w) + image.shape[2:], pad_value, dtype=image.dtype)
+    canvas[top : top + nh, left : left + nw] = _cv_resize(image, nw, nh, cv2.INTER_LINEAR)
+    return canvas
+
+
+def resize_label(label, size, resize_op=1, ignore_index=255):
+    """Resize a label with nearest neighbour (op 1) or letterbox it padding with ``ignore_index``."""
+    out_h, out_w = size
+    h, w = label.shape[:2]
+    if resize_op == 1:
+        return _cv_resize(label, out_w, out_h, cv2.INTER_NEAREST)
+    nh, nw, top, left = letterbox_params(h, w, out_h, out_w)
+    canvas = np.full((out_h, out_w), ignore_index, dtype=label.dtype)
+    canvas[top : top + nh, left : left + nw] = _cv_resize(label, nw, nh, cv2.INTER_NEAREST)
+    return canvas
+
+
+def restore_size(prob, orig_hw, resize_op=1):
+    """Map network-size scores ``(h, w, C)`` back to the original ``(H, W)``.
+
+    For letterbox the padding is cropped away first. Scores are resized
+    bilinearly (then argmax'ed by the caller), never the hard labels.
+    """
+    H, W = orig_hw
+    h, w = prob.shape[:2]
+    if resize_op == 2:
+        nh, nw, top, left = letterbox_params(H, W, h, w)
+        prob = prob[top : top + nh, left : left + nw]
+    return _cv_resize(prob, W, H, cv2.INTER_LINEAR)
+
+
+def _cv_resize(a, w, h, interp):
+    if a.shape[0] == h and a.shape[1] == w:
+        return a.copy()
+    if a.ndim == 3 and a.shape[2] > 4:
+        # cv2 handles at most 512 channels reliably; split to be safe for big C
+        chunks = [cv2.resize(a[..., i : i + 4], (w, h), interpolation=interp) for i in range(0, a.shape[2], 4)]
+        chunks = [c if c.ndim == 3 else c[..., None] for c in chunks]
+        return np.concatenate(chunks, axis=2)
+    dtype = a.dtype
+    if dtype not in (np.uint8, np.uint16, np.int16, np.float32, np.float64):
+        a = a.astype(np.int32 if interp == cv2.INTER_NEAREST else np.float32)
+        if interp == cv2.INTER_NEAREST:
+            # cv2 cannot resize int32 with INTER_NEAREST on all builds: use indices
+            ys = np.minimum(((np.arange(h) + 0.5) * a.shape[0] / h).astype(np.int64), a.shape[0] - 1)
+            xs = np.minimum(((np.arange(w) + 0.5) * a.shape[1] / w).astype(np.int64), a.shape[1] - 1)
+            return a[ys][:, xs].astype(dtype)
+    out = cv2.resize(a, (w, h), interpolation=interp)
+    if a.ndim == 3 and out.ndim == 2:
+        out = out[..., None]
+    return out.astype(dtype, copy=False)

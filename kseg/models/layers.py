@@ -1,0 +1,223 @@
+"""Shared building blocks for the model zoo.
+
+Everything here uses only ``keras`` and ``keras.ops`` so the models run on the
+TensorFlow, JAX and PyTorch backends. Custom layers are registered as
+serializable (package ``kseg``) and implement ``get_config`` so a saved
+``.keras`` file loads back without ``custom_objects``.
+
+Functional helpers take a tensor and a ``name`` prefix and return a tensor; every
+layer they create gets a deterministic name derived from that prefix.
+"""
+
+import numpy as np
+import keras
+from keras import layers, ops
+
+BN_MOMENTUM = 0.99  # Keras momentum: decay of the moving average (PyTorch 0.01)
+BN_EPSILON = 1e-3
+
+
+def bn(x, name, momentum=BN_MOMENTUM, epsilon=BN_EPSILON):
+    """BatchNormalization with kseg's default (Keras-sense) momentum."""
+    return layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=name)(x)
+
+
+def conv_bn_act(
+    x,
+    filters,
+    kernel_size=3,
+    name="conv",
+    strides=1,
+    dilation_rate=1,
+    activation="relu",
+    use_bn=True,
+    padding="same",
+    kernel_initializer="he_normal",
+):
+    """Conv2D -> BatchNorm -> activation, layers named ``{name}_conv|_bn|_act``."""
+    x = layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        use_bias=not use_bn,
+        kernel_initializer=kernel_initializer,
+        name=f"{name}_conv",
+    )(x)
+    if use_bn:
+        x = bn(x, f"{name}_bn")
+    if activation is not None:
+        x = layers.Activation(activation, name=f"{name}_act")(x)
+    return x
+
+
+def double_conv(x, filters, name, use_bn=True, activation="relu"):
+    """Two 3x3 conv-BN-act layers: the UNet level block."""
+    x = conv_bn_act(x, filters, 3, name=f"{name}_conv1", use_bn=use_bn, activation=activation)
+    return conv_bn_act(x, filters, 3, name=f"{name}_conv2", use_bn=use_bn, activation=activation)
+
+
+def resolve_activation(activation, n_classes):
+    """Map the ``activation`` argument of a builder to a Keras activation name.
+
+    ``"softmax"`` (the default of every builder) becomes ``"sigmoid"`` when
+    ``n_classes == 1`` (a softmax over one channel is constantly 1). ``None`` or
+    ``"linear"`` returns logits.
+    """
+    if activation in (None, "linear", "none"):
+        return None
+    if activation == "softmax" and n_classes == 1:
+        return "sigmoid"
+    if activation not in ("softmax", "sigmoid"):
+        raise ValueError(
+            f"activation must be 'softmax', 'sigmoid' or None (logits); received {activation!r}"
+        )
+    return activation
+
+
+def classifier(x, n_classes, name, activation="softmax", kernel_size=1):
+    """The class-score layer: a linear conv (no BN, no ReLU) then the output activation.
+
+    The activation runs in float32 so mixed-precision models output float32
+    probabilities.
+    """
+    x = layers.Conv2D(n_classes, kernel_size, padding="same", name=f"{name}_logits")(x)
+    act = resolve_activation(activation, n_classes)
+    if act is not None:
+        x = layers.Activation(act, dtype="float32", name=f"{name}_{act}")(x)
+    else:
+        x = layers.Activation("linear", dtype="float32", name=f"{name}_linear")(x)
+    return x
+
+
+def output_activation(x, n_classes, name, activation="softmax"):
+    """Apply the output activation (float32) to logits ``x``."""
+    act = resolve_activation(activation, n_classes) or "linear"
+    return layers.Activation(act, dtype="float32", name=f"{name}_{act}")(x)
+
+
+def check_channels_last():
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "kseg models are channels-last; set keras.config.set_image_data_format('channels_last')"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Resizing
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class ResizeLike(layers.Layer):
+    """Resize the first input to the spatial size of the second (bilinear by default).
+
+    Works with dynamic (``None``) spatial sizes, unlike ``UpSampling2D`` with a
+    fixed factor when the factor is not an integer.
+    """
+
+    def __init__(self, interpolation="bilinear", **kwargs):
+        super().__init__(**kwargs)
+        self.interpolation = interpolation
+
+    def call(self, inputs):
+        x, ref = inputs
+        shape = ops.shape(ref)
+        return ops.image.resize(
+            x, (shape[1], shape[2]), interpolation=self.interpolation, antialias=False
+        )
+
+    def compute_output_shape(self, input_shapes):
+        x, ref = input_shapes
+        return (x[0], ref[1], ref[2], x[3])
+
+    def get_config(self):
+        return {**super().get_config(), "interpolation": self.interpolation}
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class BilinearInitializer(keras.initializers.Initializer):
+    """Initialise a ``Conv2DTranspose`` kernel as bilinear upsampling (FCN, Long et al.).
+
+    The kernel ``(k, k, out, in)`` maps channel i to channel i with a separable
+    triangle filter and is zero across channels; with ``in != out`` the identity
+    runs over ``min(in, out)`` channels.
+    """
+
+    def __call__(self, shape, dtype=None):
+        kh, kw, c_out, c_in = shape
+        filt = np.outer(_bilinear_1d(kh), _bilinear_1d(kw))
+        w = np.zeros((kh, kw, c_out, c_in), dtype="float32")
+        for i in range(min(c_out, c_in)):
+            w[:, :, i, i] = filt
+        return ops.convert_to_tensor(w, dtype=dtype or "float32")
+
+    def get_config(self):
+        return {}
+
+
+def _bilinear_1d(k):
+    factor = (k + 1) // 2
+    center = factor - 1 if k % 2 == 1 else factor - 0.5
+    og = np.arange(k)
+    return 1 - np.abs(og - center) / factor
+
+
+# --------------------------------------------------------------------------------------
+# Max pooling with indices and max unpooling (SegNet, ENet)
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class MaxPoolingWithArgmax2D(layers.Layer):
+    """2x2, stride-2 max pooling that also returns where each maximum came from.
+
+    Returns ``(pooled, indices)``; ``indices`` (int32, same shape as ``pooled``)
+    holds the position 0..3 of the maximum inside its 2x2 window (row-major), the
+    information SegNet's and ENet's decoders need to put values back. Input
+    height and width must be even. Built on ``keras.ops`` only (reshape, argmax).
+    """
+
+    def call(self, x):
+        s = ops.shape(x)
+        b, h, w, c = s[0], s[1], s[2], s[3]
+        t = ops.reshape(x, (b, h // 2, 2, w // 2, 2, c))
+        t = ops.transpose(t, (0, 1, 3, 5, 2, 4))  # b, h2, w2, c, 2, 2
+        t = ops.reshape(t, (b, h // 2, w // 2, c, 4))
+        idx = ops.argmax(t, axis=-1)
+        pooled = ops.max(t, axis=-1)
+        return pooled, ops.cast(idx, "int32")
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        out = (b, None if h is None else h // 2, None if w is None else w // 2, c)
+        return out, out
+
+    def compute_output_spec(self, x):
+        shape = self.compute_output_shape(x.shape)[0]
+        return (
+            keras.KerasTensor(shape, dtype=x.dtype),
+            keras.KerasTensor(shape, dtype="int32"),
+        )
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class MaxUnpooling2D(layers.Layer):
+    """Inverse of :class:`MaxPoolingWithArgmax2D`: each value goes back to the
+    position its index names inside a 2x2 window; the other three are zero.
+
+    Inputs ``[values, indices]``; output has twice the height and width.
+    """
+
+    def call(self, inputs):
+        x, idx = inputs
+        s = ops.shape(x)
+        b, h, w, c = s[0], s[1], s[2], s[3]
+        onehot = ops.one_hot(idx, 4, dtype=x.dtype)  # b, h, w, c, 4
+        t = onehot * ops.expand_dims(x, -1)
+        t = ops.reshape(t, (b, h, w, c, 2, 2))
+        t = ops.transpose(t, (0, 1, 4, 2, 5, 3))  # b, h, 2, w, 2, c
+        return ops.reshape(t, (b, h * 2, w * 2, c))
+
+    def compute_output_shape(self, input_shapes):
+        b, h, w, c = input_shapes[0]
+        return (b, None if h is None else h * 2, None if w is None else w * 2, c)

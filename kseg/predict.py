@@ -1,0 +1,362 @@
+"""Prediction at original resolution, shared by scripts/test.py, export parity checks and the web demo.
+
+A :class:`Predictor` wraps a "run" function (a Keras model, or an ONNX / TFLite
+session) that maps a float32 batch ``(B, h, w, 3)`` to probabilities
+``(B, h, w, C)``, plus the experiment's preprocessing (``image_init``,
+``resize_op``, input size), and turns any RGB image into class probabilities
+and a mask at the image's own size:
+
+* ``mode="resize"``: resize (or letterbox) to the network size, predict, map the
+  probabilities back (letterbox padding removed) and resize them bilinearly to
+  the original size;
+* ``mode="slide"``: a sliding window of the tile size (default: the training
+  input size) moved by a stride; windows are run ``batch_size`` at a time and
+  their probabilities accumulated into one ``(H, W, C)`` float32 score map and
+  averaged where windows overlap, so an image of any size is segmented at full
+  resolution with memory bounded by that one score map;
+* ``mode="whole"``: the full image at once (zero-padded to the model's size
+  divisor), for fully convolutional models.
+
+Preprocessing follows the training pipeline (``kseg.data.pipeline``): the image
+is normalised first, then resized / letterboxed / padded, and padding is 0 in
+normalised space (the value training pads with). ``flip=True`` adds
+horizontal-flip test-time augmentation (the probabilities of the image and of its
+mirror image are averaged).
+
+A run function may carry an ``input_size`` attribute ``(h, w)`` when the model only
+accepts that size (``None`` or absent: any size allowed by the model's divisor);
+``whole`` mode is then refused and the slide tile must be that size.
+"""
+
+import contextlib
+import os
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from kseg.data.io import read_image
+from kseg.data.preprocess import check_image_init, check_resize_op, normalize, resize_image, restore_size
+from kseg.errors import KsegError
+
+MODES = ("resize", "slide", "whole")
+DEFAULT_DIVISOR = 32
+
+
+def _to_two_channels(prob):
+    """A single sigmoid channel -> [background, foreground] probabilities."""
+    if prob.shape[-1] == 1:
+        return np.concatenate([1.0 - prob, prob], axis=-1)
+    return prob
+
+
+def _mask_dtype(n_channels):
+    return np.uint8 if n_channels <= 256 else np.uint16
+
+
+def _ceil_to(v, d):
+    return -(-int(v) // d) * d
+
+
+class StageTimer:
+    """Accumulates wall-clock seconds per stage (``preprocess``, ``model``, ``postprocess``).
+
+    Attach one to a predictor (``predictor.timer = StageTimer()``) to measure where
+    the time goes; :meth:`reset` before each image gives per-image stage times.
+    """
+
+    STAGES = ("preprocess", "model", "postprocess")
+
+    def __init__(self):
+        self.seconds = defaultdict(float)
+
+    def reset(self):
+        self.seconds = defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, stage):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - t0
+
+    def snapshot(self):
+        return {s: float(self.seconds.get(s, 0.0)) for s in self.STAGES}
+
+
+class Predictor:
+    """Predict masks at original resolution.
+
+    Args:
+        run: callable mapping a float32 array ``(B, h, w, 3)`` to probabilities
+            ``(B, h, w, C)`` (``C == 1``: one sigmoid channel, expanded to
+            background/foreground).
+        config: the experiment's ``config.json`` dict (needs ``input_height``,
+            ``input_width``, ``n_classes``; uses ``image_init``, ``resize_op``,
+            ``model_name`` when present).
+        mode: ``"resize"``, ``"slide"`` or ``"whole"``.
+        tile: ``(h, w)`` of the sliding window (default: the network input size).
+        stride: ``(h, w)`` step of the window (default: 2/3 of the tile).
+        flip: horizontal-flip test-time augmentation.
+        batch_size: images (resize, whole) or windows (slide) per forward pass.
+        divisor: input sizes must be multiples of this (default: from the model registry).
+        min_size: smallest input height/width (default: from the model registry).
+
+    Example:
+        >>> p = Predictor.from_experiment("weights/unet_shapes", mode="slide", flip=True)
+        >>> image, proba = p.predict_file("photo.jpg")   # proba: (H, W, C) at the photo's size
+        >>> mask = proba.argmax(-1)
+    """
+
+    def __init__(self, run, config, *, mode="resize", tile=None, stride=None, flip=False,
+                 batch_size=4, divisor=None, min_size=None):
+        if mode not in MODES:
+            raise KsegError(f"unknown prediction mode {mode!r}; valid: {', '.join(MODES)}")
+        self.run = run
+        self.config = config
+        self.mode = mode
+        self.size = (int(config["input_height"]), int(config["input_width"]))
+        self.flip = bool(flip)
+        self.batch_size = max(1, int(batch_size))
+        self.image_init = check_image_init(config.get("image_init", "divide"))
+        self.resize_op = check_resize_op(config.get("resize_op", 1))
+        self.n_classes = int(config["n_classes"])
+        self.timer = None
+        fixed = getattr(run, "input_size", None)
+        self.fixed_size = tuple(int(v) for v in fixed) if fixed and None not in tuple(fixed) else None
+
+        known = divisor is not None
+        if divisor is None or min_size is None:
+            spec = None
+            try:
+                from kseg.models import model_spec
+
+                spec = model_spec(config.get("model_name"))
+                known = True
+            except Exception:
+                pass
+            if divisor is None:
+                divisor = spec.divisor if spec is not None else DEFAULT_DIVISOR
+            if min_size is None:
+                min_size = spec.min_size if spec is not None else divisor
+        self.divisor = max(1, int(divisor))
+        self.min_size = max(1, int(min_size))
+
+        if self.fixed_size is not None and mode == "whole":
+            raise KsegError(
+                f"the model only accepts {self.fixed_size[0]}x{self.fixed_size[1]} inputs, so it cannot "
+                "predict whole images; use --mode slide or --mode resize"
+            )
+        self.tile = tuple(int(t) for t in tile) if tile else (self.fixed_size or self.size)
+        if len(self.tile) != 2 or min(self.tile) < 1:
+            raise KsegError(f"--tile {self.tile} must be two positive integers (height width)")
+        if mode == "slide":
+            if self.fixed_size is not None and self.tile != self.fixed_size:
+                raise KsegError(
+                    f"--tile {self.tile[0]} {self.tile[1]} does not fit a model that only accepts "
+                    f"{self.fixed_size[0]}x{self.fixed_size[1]}; use --tile {self.fixed_size[0]} "
+                    f"{self.fixed_size[1]} (or leave it out)"
+                )
+            if known and self.fixed_size is None:
+                for t in self.tile:
+                    if t % self.divisor or t < self.min_size:
+                        ok = [max(self.min_size, _ceil_to(v, self.divisor)) for v in self.tile]
+                        raise KsegError(
+                            f"--tile {self.tile[0]} {self.tile[1]} is not allowed for "
+                            f"{config.get('model_name')}: sides must be multiples of {self.divisor} and at "
+                            f"least {self.min_size}; use e.g. --tile {ok[0]} {ok[1]}"
+                        )
+        self.stride = tuple(int(s) for s in stride) if stride else tuple(max(1, (2 * t) // 3) for t in self.tile)
+        if len(self.stride) != 2 or any(s <= 0 or s > t for s, t in zip(self.stride, self.tile)):
+            raise KsegError(f"--stride {self.stride} must be between 1 and the tile size {self.tile}")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_experiment(cls, weights_path, backend="keras", model_file=None, **kwargs):
+        """Load an experiment folder (or a ``.keras`` file next to its config.json).
+
+        Args:
+            weights_path: ``weights/<exp>`` or a ``.keras`` file beside its ``config.json``.
+            backend: ``"keras"`` or an exported runtime (``onnx``, ``tflite``,
+                ``savedmodel``; provided by :mod:`kseg.export`).
+            model_file: the model file to load instead of the experiment's default.
+            **kwargs: :class:`Predictor` options (``mode``, ``tile``, ``stride``, ``flip``,
+                ``batch_size``).
+        """
+        from kseg.experiment import resolve_weights
+
+        folder, keras_file, config = resolve_weights(weights_path)
+        if backend == "keras":
+            run = keras_runner(model_file or keras_file)
+        else:
+            try:
+                from kseg.export import runtime_runner
+            except ImportError:
+                raise KsegError(f"--backend {backend} needs the export module; install kseg[export]") from None
+            run = runtime_runner(backend, folder, model_file, config)
+        p = cls(run, config, **kwargs)
+        p.folder = folder
+        return p
+
+    # ------------------------------------------------------------------ helpers
+    def _stage(self, name):
+        return self.timer(name) if self.timer is not None else contextlib.nullcontext()
+
+    def _forward(self, batch):
+        """Run the model (and its mirror image with ``flip``) on a normalised batch."""
+        with self._stage("model"):
+            out = np.asarray(self.run(np.ascontiguousarray(batch, dtype=np.float32)), dtype=np.float32)
+            if self.flip:
+                out_f = np.asarray(self.run(np.ascontiguousarray(batch[:, :, ::-1], dtype=np.float32)),
+                                   dtype=np.float32)
+                out = 0.5 * (out + out_f[:, :, ::-1])
+        if out.ndim != 4 or out.shape[:3] != batch.shape[:3]:
+            raise KsegError(
+                f"the model returned shape {out.shape} for an input of shape {batch.shape}; expected "
+                f"(B, H, W, C) at the input size -- is this a kseg segmentation model?"
+            )
+        return _to_two_channels(out)
+
+    def _pad(self, x, H, W):
+        """Zero-pad a normalised ``(h, w, 3)`` image at the bottom/right to ``(H, W)``."""
+        h, w = x.shape[:2]
+        if (H, W) == (h, w):
+            return x
+        return np.pad(x, ((0, H - h), (0, W - w), (0, 0)), mode="constant")
+
+    def _whole_size(self, h, w):
+        return (max(self.min_size, _ceil_to(h, self.divisor)), max(self.min_size, _ceil_to(w, self.divisor)))
+
+    def window_size(self, h, w):
+        """The slide window for an ``h x w`` image: the tile, shrunk (to the model's
+        divisor) along a side the image does not fill when the model takes any size."""
+        if self.fixed_size is not None:
+            return self.tile
+        wh, ww = self._whole_size(h, w)
+        return (min(self.tile[0], wh), min(self.tile[1], ww))
+
+    def windows(self, h, w):
+        """Top-left corners of the slide windows covering an ``h x w`` image."""
+        th, tw = self.window_size(h, w)
+        H, W = max(h, th), max(w, tw)
+        ys = list(range(0, H - th + 1, self.stride[0]))
+        xs = list(range(0, W - tw + 1, self.stride[1]))
+        if ys[-1] != H - th:
+            ys.append(H - th)
+        if xs[-1] != W - tw:
+            xs.append(W - tw)
+        return [(y, x) for y in ys for x in xs]
+
+    # ------------------------------------------------------------------ public API
+    def predict_proba_batch(self, images):
+        """Probabilities ``(H, W, C)`` at original size for a list of RGB uint8 images."""
+        if self.mode == "resize":
+            return self._resize_batch(images)
+        if self.mode == "whole":
+            return self._whole_batch(images)
+        return [self._slide(im) for im in images]
+
+    def predict_proba(self, image):
+        """Probabilities ``(H, W, C)`` float32 at the size of one RGB uint8 image."""
+        return self.predict_proba_batch([image])[0]
+
+    def predict(self, image):
+        """Mask ``(H, W)`` (class indices) for one RGB uint8 image."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images):
+        """Masks ``(H, W)`` (class indices, uint8 up to 256 classes) for a list of images."""
+        probs = self.predict_proba_batch(images)
+        with self._stage("postprocess"):
+            return [p.argmax(-1).astype(_mask_dtype(p.shape[-1])) for p in probs]
+
+    def predict_file(self, path):
+        """Read an image file; returns ``(image, probabilities)``."""
+        with self._stage("preprocess"):
+            image = read_image(path)
+        return image, self.predict_proba(image)
+
+    # ------------------------------------------------------------------ modes
+    def _resize_batch(self, images):
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            chunk = images[i : i + self.batch_size]
+            with self._stage("preprocess"):
+                x = np.stack([resize_image(normalize(im, self.image_init), self.size, self.resize_op)
+                              for im in chunk])
+            probs = self._forward(x)
+            with self._stage("postprocess"):
+                out += [restore_size(p, im.shape[:2], self.resize_op) for p, im in zip(probs, chunk)]
+        return out
+
+    def _whole_batch(self, images):
+        """Images are zero-padded to the divisor; images of equal padded size share a batch."""
+        out = [None] * len(images)
+        groups = defaultdict(list)
+        for i, im in enumerate(images):
+            groups[self._whole_size(*im.shape[:2])].append(i)
+        for (H, W), idx in groups.items():
+            for j in range(0, len(idx), self.batch_size):
+                chunk = idx[j : j + self.batch_size]
+                with self._stage("preprocess"):
+                    x = np.stack([self._pad(normalize(images[i], self.image_init), H, W) for i in chunk])
+                probs = self._forward(x)
+                with self._stage("postprocess"):
+                    for i, p in zip(chunk, probs):
+                        h, w = images[i].shape[:2]
+                        out[i] = np.ascontiguousarray(p[:h, :w])
+        return out
+
+    def _slide(self, image):
+        h, w = image.shape[:2]
+        th, tw = self.window_size(h, w)
+        H, W = max(h, th), max(w, tw)
+        with self._stage("preprocess"):
+            x = self._pad(normalize(image, self.image_init), H, W)
+        corners = self.windows(h, w)
+        acc = None
+        count = np.zeros((H, W, 1), np.float32)
+        for i in range(0, len(corners), self.batch_size):
+            chunk = corners[i : i + self.batch_size]
+            with self._stage("preprocess"):
+                batch = np.stack([x[y : y + th, x0 : x0 + tw] for y, x0 in chunk])
+            probs = self._forward(batch)
+            with self._stage("postprocess"):
+                if acc is None:
+                    acc = np.zeros((H, W, probs.shape[-1]), np.float32)
+                for (y, x0), p in zip(chunk, probs):
+                    acc[y : y + th, x0 : x0 + tw] += p
+                    count[y : y + th, x0 : x0 + tw] += 1.0
+        with self._stage("postprocess"):
+            acc /= count
+            return acc[:h, :w] if (H, W) != (h, w) else acc
+
+
+def keras_runner(model_file):
+    """A run function for a saved ``.keras`` model (loaded without its optimizer).
+
+    The model runs through ``predict_on_batch`` (the backend's compiled predict
+    step). The returned function has attributes ``model`` and ``input_size``
+    (``(h, w)`` when the model was built for one size, else ``None``).
+    """
+    import keras
+
+    import kseg.losses  # noqa: F401  (registers custom objects)
+    import kseg.metrics  # noqa: F401
+    import kseg.models  # noqa: F401
+
+    if not os.path.isfile(model_file):
+        raise KsegError(f"model file {model_file} does not exist")
+    try:
+        model = keras.saving.load_model(model_file, compile=False)
+    except Exception as e:
+        raise KsegError(f"cannot load {model_file} ({type(e).__name__}: {str(e)[:200]}); is it a kseg .keras file?") from None
+
+    def run(batch):
+        return np.asarray(model.predict_on_batch(batch))
+
+    run.model = model
+    shape = tuple(model.input_shape)
+    run.input_size = tuple(shape[1:3]) if shape[1] is not None and shape[2] is not None else None
+    return run

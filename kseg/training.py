@@ -1,0 +1,314 @@
+"""Training orchestration: data -> model -> compile -> fit, into an experiment folder."""
+
+import csv
+import datetime
+import os
+import sys
+import time
+
+import numpy as np
+import keras
+
+from kseg import __version__
+from kseg import experiment as X
+from kseg.data.dataset import load_dataset_info, palette_for, scan_pairs
+from kseg.data.io import atomic_path
+from kseg.data.preprocess import check_image_init, check_resize_op
+from kseg.data.sample import SAMPLE_NAME, ensure_sample_dataset
+from kseg.errors import DataError, ExperimentError, KsegError
+from kseg.losses import get_loss, median_frequency_weights
+from kseg.metrics import get_metric
+from kseg.models import get_model, model_spec
+from kseg.models.registry import check_input_size
+
+DEFAULT_INPUT_SIZE = 256
+DEFAULT_EPOCHS = 50
+
+
+def make_optimizer(name, learning_rate):
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate)
+    if name == "adadelta":
+        return keras.optimizers.Adadelta(learning_rate)
+    raise KsegError(f"unknown --optimizer_name {name!r}; valid: sgd, adam, adamw, rmsprop, adadelta")
+
+
+def parse_class_weights(value, n_classes, class_pixels=None):
+    if value is None:
+        return None
+    if value == "auto":
+        if class_pixels is None:
+            return "auto"
+        return [float(w) for w in median_frequency_weights(class_pixels)]
+    try:
+        w = [float(v) for v in str(value).split(",")]
+    except ValueError:
+        raise KsegError(f"--class_weights {value!r}: expected 'auto' or comma-separated numbers") from None
+    if len(w) != max(n_classes, 2 if n_classes == 1 else n_classes):
+        raise KsegError(
+            f"--class_weights has {len(w)} values but there are {n_classes} classes; give one per class"
+        )
+    return w
+
+
+class ExperimentCheckpoint(keras.callbacks.Callback):
+    """Saves ``last.keras`` every epoch and ``best.keras`` when the monitored
+    metric improves, both atomically, and records the epoch for ``--resume``."""
+
+    def __init__(self, folder, monitor, best=None):
+        super().__init__()
+        self.folder = folder
+        self.monitor = monitor
+        self.best = best
+
+    def _save(self, name):
+        with atomic_path(os.path.join(self.folder, name)) as tmp:
+            self.model.save(tmp)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        improved = value is not None and (self.best is None or value > self.best)
+        if improved:
+            self.best = float(value)
+            self._save(X.BEST)
+        self._save(X.LAST)
+        X.write_json(
+            os.path.join(self.folder, X.STATE),
+            {"epoch": epoch + 1, "monitor": self.monitor, "best": self.best,
+             "updated": datetime.datetime.now().isoformat(timespec="seconds")},
+        )
+        if improved:
+            print(f"\nepoch {epoch + 1}: {self.monitor} improved to {value:.4f}, saved {X.BEST}", flush=True)
+
+
+def _experiment_dir(args):
+    base = args.train_save_path
+    if args.exp_name:
+        return os.path.join(base, args.exp_name), True
+    name = f"{args.model_name}_{args.dataset_name}"
+    folder = os.path.join(base, name)
+    if args.resume:
+        return folder, False
+    i = 2
+    while os.path.exists(folder) and not args.overwrite:
+        folder = os.path.join(base, f"{name}_{i}")
+        i += 1
+    return folder, False
+
+
+def _strategy(args):
+    if not args.multi_gpus:
+        return None
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if not gpus:
+        raise KsegError("--multi_gpus needs visible GPUs and none were found; drop the flag to train on CPU")
+    return tf.distribute.MirroredStrategy()
+
+
+def _set_precision(args):
+    if not args.mixed_precision:
+        return
+    import tensorflow as tf
+
+    policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    keras.mixed_precision.set_global_policy(policy)
+    print(f"mixed precision: {policy}")
+
+
+def prepare(args):
+    """Resolve the dataset, sizes and classes; validate names and data. No training."""
+    check_image_init(args.image_init)
+    check_resize_op(args.resize_op)
+    spec = model_spec(args.model_name)  # unknown model -> error listing names
+    root = os.path.join(args.data_dir, args.dataset_name)
+    if args.dataset_name == SAMPLE_NAME and not os.path.exists(root):
+        ensure_sample_dataset(root)
+    info = load_dataset_info(root)
+    n_classes = args.n_classes or (len(info.classes) if info.classes else None)
+    if n_classes is None:
+        raise DataError(
+            f"the number of classes is unknown for {root} (no dataset.json or classes.txt); pass --n_classes"
+        )
+    ignore_index = args.ignore_index if args.ignore_index is not None else info.ignore_index
+    h = args.input_height or (info.input_size[0] if info.input_size else DEFAULT_INPUT_SIZE)
+    w = args.input_width or (args.input_height or (info.input_size[1] if info.input_size else DEFAULT_INPUT_SIZE))
+    check_input_size(args.model_name, h, w, spec.divisor, spec.min_size)
+    model_kwargs = dict(args.model_option)
+    class_names = list(info.classes) if info.classes and len(info.classes) == n_classes else None
+    # building the loss validates its name and options before any data is read
+    cw = parse_class_weights(args.class_weights, n_classes)
+    get_loss(args.loss, n_classes=n_classes, ignore_index=ignore_index,
+             **({"class_weights": [1.0] * (2 if n_classes == 1 else n_classes)} if cw == "auto" else
+                ({"class_weights": cw} if cw else {})))
+    return dict(root=root, info=info, n_classes=n_classes, ignore_index=ignore_index,
+                input_size=(h, w), model_kwargs=model_kwargs, class_names=class_names,
+                class_weights=cw)
+
+
+def train(args):
+    """Train according to parsed CLI ``args``; returns the experiment folder."""
+    keras.utils.set_random_seed(args.seed)
+    folder, explicit = _experiment_dir(args)
+    if args.resume:
+        if not (X.is_experiment(folder) and os.path.isfile(os.path.join(folder, X.LAST))
+                and os.path.isfile(os.path.join(folder, X.STATE))):
+            raise ExperimentError(
+                f"--resume: {folder} holds no experiment to continue (needs {X.CONFIG}, {X.LAST}, "
+                f"{X.STATE}); check --exp_name/--train_save_path or train without --resume"
+            )
+        saved = X.read_json(os.path.join(folder, X.CONFIG))
+        for k in ("model_name", "dataset_name", "data_dir", "loss", "input_height", "input_width",
+                  "n_classes", "image_init", "resize_op", "model_option", "class_weights", "ignore_index"):
+            if k in saved["args"]:
+                setattr(args, k, saved["args"][k])
+        args.model_option = [tuple(kv) for kv in args.model_option]
+    elif explicit and os.path.exists(folder) and os.listdir(folder) and not args.overwrite:
+        raise ExperimentError(
+            f"experiment folder {folder} already exists; pass --resume to continue it, "
+            "--overwrite to replace it, or another --exp_name"
+        )
+    _set_precision(args)
+    p = prepare(args)
+    n_classes, ignore_index, (h, w) = p["n_classes"], p["ignore_index"], p["input_size"]
+    info = p["info"]
+
+    train_pairs = info.pairs("train")
+    print(f"checking {len(train_pairs)} training pairs in {p['root']} ...", flush=True)
+    scan = scan_pairs(train_pairs, n_classes, ignore_index)
+    val_split = None
+    if args.validate:
+        val_split = "val" if info.has_split("val") else ("test" if info.has_split("test") else None)
+        if val_split is None:
+            print("warning: no val or test split with labels; training without validation", file=sys.stderr)
+        elif val_split == "test":
+            print("note: no val split; the test split is used for validation and model selection")
+    val_pairs = info.pairs(val_split) if val_split else []
+    vscan = scan_pairs(val_pairs, n_classes, ignore_index) if val_pairs else None
+
+    class_weights = p["class_weights"]
+    if class_weights == "auto":
+        class_weights = [float(v) for v in median_frequency_weights(
+            scan.class_pixels if n_classes > 1 else np.array([scan.class_pixels[0], scan.class_pixels.sum() - scan.class_pixels[0]]))]
+        print("class weights (median frequency):", ", ".join(f"{v:.3f}" for v in class_weights))
+    loss_kwargs = {"ignore_index": ignore_index}
+    if class_weights:
+        loss_kwargs["class_weights"] = class_weights
+
+    from kseg.data.pipeline import make_dataset
+
+    train_ds = make_dataset(
+        train_pairs, (h, w), args.train_batch_size, training=True, image_init=args.image_init,
+        resize_op=args.resize_op, ignore_index=ignore_index, augment=args.augment,
+        python_label_decoder=scan.needs_python_decoder, cache=args.cache, seed=args.seed,
+    )
+    val_ds = None
+    if val_pairs:
+        val_ds = make_dataset(
+            val_pairs, (h, w), args.val_batch_size, training=False, image_init=args.image_init,
+            resize_op=args.resize_op, ignore_index=ignore_index,
+            python_label_decoder=vscan.needs_python_decoder, cache=args.cache,
+        )
+
+    os.makedirs(folder, exist_ok=True)
+    initial_epoch, best = 0, None
+    strategy = _strategy(args)
+    scope = strategy.scope() if strategy is not None else _null()
+    with scope:
+        if args.resume:
+            state = X.read_json(os.path.join(folder, X.STATE))
+            initial_epoch, best = int(state["epoch"]), state.get("best")
+            model = keras.saving.load_model(os.path.join(folder, X.LAST))
+            print(f"resuming {folder} from epoch {initial_epoch}")
+        else:
+            dyn = model_spec(args.model_name).dynamic
+            model = get_model(args.model_name, n_classes=n_classes,
+                              input_height=None if dyn else h, input_width=None if dyn else w,
+                              **p["model_kwargs"])
+            jit = {"auto": "auto", "on": True, "off": False}[args.jit_compile]
+            model.compile(
+                optimizer=make_optimizer(args.optimizer_name, args.learning_rate),
+                loss=get_loss(args.loss, n_classes=n_classes, **loss_kwargs),
+                metrics=[get_metric("mean_iou", n_classes=n_classes, ignore_index=ignore_index)],
+                jit_compile=jit,
+            )
+    epochs = args.epochs or info.epochs or DEFAULT_EPOCHS
+    config = {
+        "kseg_version": __version__,
+        "keras_version": keras.__version__,
+        "backend": keras.backend.backend(),
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "model_name": args.model_name,
+        "model_kwargs": p["model_kwargs"],
+        "n_classes": n_classes,
+        "input_height": h,
+        "input_width": w,
+        "image_init": args.image_init,
+        "resize_op": args.resize_op,
+        "ignore_index": ignore_index,
+        "class_names": p["class_names"] or [f"class_{i}" for i in range(max(n_classes, 2))],
+        "palette": palette_for(max(n_classes, 2), info.palette).tolist(),
+        "dataset": os.path.abspath(p["root"]),
+        "loss": args.loss,
+        "class_weights": class_weights,
+        "args": {k: v for k, v in vars(args).items()},
+    }
+    if not args.resume:
+        X.write_json(os.path.join(folder, X.CONFIG), config)
+    monitor = "val_mean_iou" if val_ds is not None else "mean_iou"
+    callbacks = [
+        ExperimentCheckpoint(folder, monitor, best),
+        keras.callbacks.CSVLogger(os.path.join(folder, X.HISTORY), append=args.resume),
+        keras.callbacks.TensorBoard(os.path.join(folder, X.LOGS), update_freq="epoch"),
+    ]
+    verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    print(
+        f"training {args.model_name} ({model.count_params():,} parameters) on {args.dataset_name}: "
+        f"{len(train_pairs)} train / {len(val_pairs)} {val_split or 'no'} val images, input {h}x{w}, "
+        f"{n_classes} classes, loss {args.loss}, epochs {initial_epoch}->{epochs}; saving to {folder}",
+        flush=True,
+    )
+    if initial_epoch >= epochs:
+        print(f"nothing to do: the experiment already ran {initial_epoch} epochs (raise --epochs)")
+        return folder
+    t0 = time.time()
+    try:
+        model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
+                  callbacks=callbacks, verbose=verbose, shuffle=False)
+    except Exception as e:  # decoding errors inside tf.data surface here
+        if type(e).__name__ in ("InvalidArgumentError", "UnknownError", "NotFoundError"):
+            first = str(e).strip().splitlines()[0][:300]
+            raise DataError(
+                f"reading the data failed during training ({first}); run scripts/check_dataset.py on "
+                f"{p['root']} to find the bad file"
+            ) from None
+        raise
+    elapsed = time.time() - t0
+    summary = _summarise(folder, monitor)
+    print(f"done in {elapsed / 60:.1f} min; best {monitor} = {summary}; experiment: {folder}")
+    return folder
+
+
+def _summarise(folder, monitor):
+    try:
+        with open(os.path.join(folder, X.HISTORY)) as f:
+            vals = [float(r[monitor]) for r in csv.DictReader(f) if r.get(monitor)]
+        return f"{max(vals):.4f}" if vals else "n/a"
+    except (OSError, ValueError, KeyError):
+        return "n/a"
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

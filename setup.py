@@ -1,0 +1,33 @@
+from setuptools import find_packages, setup
+
+EXTRAS = {
+    "export": ["tf2onnx>=1.16", "onnx", "onnxruntime"],
+    "labelme": ["labelme"],
+    "coco": ["pycocotools"],
+    "serve": ["flask>=2.3"],
+}
+EXTRAS["dev"] = sorted(
+    {d for ds in EXTRAS.values() for d in ds} | {"pytest>=7", "jax[cpu]"}
+)
+
+setup(
+    name="kseg",
+    version="0.1.0",
+    description="Semantic segmentation for Keras 3: a paper-faithful model zoo, losses, metrics and tools",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["kseg", "kseg.*"]),
+    package_data={"kseg.serve": ["templates/*", "static/*"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.8",
+        "numpy",
+        "opencv-python",
+        "pillow",
+        "Augmentor",
+        "tensorboard",
+    ],
+    extras_require=EXTRAS,
+    license="MIT",
+)

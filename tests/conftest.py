@@ -1,0 +1,78 @@
+"""Shared fixtures: small generated datasets and experiments (no network, no real data)."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATASETS = os.path.join(os.path.dirname(REPO), "shared", "datasets")
+
+
+def shared_dataset(name):
+    """Path of a real dataset in ../shared/datasets, or skip the test when absent."""
+    path = os.path.join(SHARED_DATASETS, name)
+    if not os.path.isdir(path):
+        pytest.skip(f"real dataset {name} not available ({path} is absent)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A small copy of the built-in shapes dataset: 16 train, 4 val, 4 test images."""
+    from kseg.data.sample import generate_sample_dataset
+
+    root = str(tmp_path_factory.mktemp("data") / "tiny")
+    generate_sample_dataset(root, splits={"train": 16, "val": 4, "test": 4}, seed=1)
+    return root
+
+
+def write_experiment(folder, model, *, n_classes, size, model_name="unet", model_kwargs=None,
+                     dataset="", image_init="divide", resize_op=1):
+    """Save ``model`` as ``best.keras`` with a ``config.json`` like scripts/train.py writes."""
+    from kseg.data.io import voc_palette
+
+    os.makedirs(folder, exist_ok=True)
+    model.save(os.path.join(folder, "best.keras"))
+    cfg = {
+        "model_name": model_name,
+        "model_kwargs": model_kwargs or {},
+        "n_classes": n_classes,
+        "input_height": size[0],
+        "input_width": size[1],
+        "image_init": image_init,
+        "resize_op": resize_op,
+        "ignore_index": 255,
+        "class_names": [f"c{i}" for i in range(max(n_classes, 2))],
+        "palette": voc_palette(max(n_classes, 2)).tolist(),
+        "dataset": dataset,
+        "loss": "ce",
+        "args": {},
+    }
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(tmp_path_factory, tiny_dataset):
+    """An (untrained) experiment folder: a 4-class UNet with base_filters=4, any input
+    size, trained size 32x32, whose config points at ``tiny_dataset``."""
+    import keras
+
+    from kseg.models import get_model
+
+    keras.utils.set_random_seed(0)
+    model = get_model("unet", n_classes=4, base_filters=4)
+    folder = str(tmp_path_factory.mktemp("weights") / "tiny_unet")
+    return write_experiment(folder, model, n_classes=4, size=(32, 32),
+                            model_kwargs={"base_filters": 4}, dataset=tiny_dataset)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
