@@ -272,7 +272,7 @@ def train(args):
     verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
     print(
         f"training {args.model_name} ({model.count_params():,} parameters) on {args.dataset_name}: "
-        f"{len(train_pairs)} train / {len(val_pairs)} {val_split or 'no'} val images, input {h}x{w}, "
+        f"{len(train_pairs)} train / {len(val_pairs)} {val_split or 'no validation'} images, input {h}x{w}, "
         f"{n_classes} classes, loss {args.loss}, epochs {initial_epoch}->{epochs}; saving to {folder}",
         flush=True,
     )
