@@ -7,7 +7,7 @@ EXTRAS = {
     "serve": ["flask>=2.3"],
 }
 EXTRAS["dev"] = sorted(
-    {d for ds in EXTRAS.values() for d in ds} | {"pytest>=7", "jax[cpu]"}
+    {d for ds in EXTRAS.values() for d in ds} | {"pytest>=7", "jax[cpu]", "selenium>=4.11"}
 )
 
 setup(
