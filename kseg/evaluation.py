@@ -91,13 +91,14 @@ def add_legend(image, class_ids, palette, class_names):
 
 def legend_strip(entries, width):
     """A white ``(h, width, 3)`` strip of ``(colour, text)`` swatches, wrapped into rows."""
-    scale = max(0.35, min(0.6, width / 900))
-    th = cv2.getTextSize("Ag", FONT, scale, 1)[0][1]
+    scale = float(np.clip(width / 1400, 0.35, 1.2))  # grows with the image so it stays legible
+    thick = 2 if scale >= 0.9 else 1
+    th = cv2.getTextSize("Ag", FONT, scale, thick)[0][1]
     row_h = th + 10
     sw = row_h - 6  # swatch side
     x, rows = 4, [[]]
     for color, text in entries:
-        tw = cv2.getTextSize(text, FONT, scale, 1)[0][0] + sw + 12
+        tw = cv2.getTextSize(text, FONT, scale, thick)[0][0] + sw + 12
         if x + tw > width and rows[-1]:
             rows.append([])
             x = 4
@@ -109,7 +110,7 @@ def legend_strip(entries, width):
         for color, text, x0 in row:
             cv2.rectangle(strip, (x0, y + 3), (x0 + sw, y + 3 + sw), tuple(int(v) for v in color), -1)
             cv2.rectangle(strip, (x0, y + 3), (x0 + sw, y + 3 + sw), (0, 0, 0), 1)
-            cv2.putText(strip, text, (x0 + sw + 4, y + 3 + sw - 1), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+            cv2.putText(strip, text, (x0 + sw + 4, y + 3 + sw - 1), FONT, scale, (0, 0, 0), thick, cv2.LINE_AA)
     return strip
 
 
@@ -274,7 +275,8 @@ class Evaluator:
         try:
             self.update(label, mask)
         except DataError as e:
-            raise DataError(f"{label_path}: {e}") from None
+            where = f"{label_path} vs {pred_name}" if pred_name else str(label_path)
+            raise DataError(f"{where}: {e}") from None
 
     def report(self):
         rep = segmentation_report(self.cm, self.class_names)

@@ -351,7 +351,9 @@ def keras_runner(model_file):
     try:
         model = keras.saving.load_model(model_file, compile=False)
     except Exception as e:
-        raise KsegError(f"cannot load {model_file} ({type(e).__name__}: {str(e)[:200]}); is it a kseg .keras file?") from None
+        raise KsegError(
+            f"cannot load {model_file} ({type(e).__name__}: {str(e)[:200]}); is it a kseg .keras file?"
+        ) from None
 
     def run(batch):
         return np.asarray(model.predict_on_batch(batch))

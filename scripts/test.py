@@ -97,7 +97,6 @@ def format_timing(t):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from kseg.data.io import IMAGE_EXTENSIONS, list_files, pair_by_stem, read_image
-    from kseg.evaluation import Evaluator, save_prediction
     from kseg.experiment import write_json
     from kseg.predict import Predictor, StageTimer
 
@@ -107,6 +106,8 @@ def main(argv=None):
     pred = Predictor.from_experiment(weights, backend=args.backend, model_file=args.model_file,
                                      mode=args.mode, tile=args.tile, stride=args.stride,
                                      flip=args.flip, batch_size=args.batch_size)
+    from kseg.evaluation import Evaluator, save_prediction  # after the cheap checks: imports keras
+
     cfg = pred.config
     test_dir = _default_dir(cfg, args.test_dir, "test_image", "--test_dir")
     out_dir = args.output or os.path.join(pred.folder, "predictions")

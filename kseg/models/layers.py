@@ -13,7 +13,7 @@ import numpy as np
 import keras
 from keras import layers, ops
 
-BN_MOMENTUM = 0.99  # Keras momentum: decay of the moving average (PyTorch 0.01)
+BN_MOMENTUM = 0.9  # Keras momentum: decay of the moving average (= PyTorch momentum 0.1)
 BN_EPSILON = 1e-3
 
 
