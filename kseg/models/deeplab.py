@@ -1,0 +1,101 @@
+"""DeepLabV2: atrous convolution and ASPP (Chen et al., TPAMI 2017)."""
+
+import keras
+
+from kseg.errors import unknown_name
+from kseg.models import layers as L
+from kseg.models._context_blocks import aspp_v2, check_args, check_positive
+from kseg.models.registry import register_model
+from kseg.models.resnet import dilated_resnet, dilated_vgg16, scaled
+
+DEEPLAB_V2_BACKBONES = ("vgg16", "resnet101")
+
+
+@register_model(
+    "deeplab_v2",
+    divisor=8,
+    min_size=32,
+    test_size=(64, 64),
+    test_kwargs={"width_multiplier": 0.0625},
+)
+def deeplab_v2(
+    n_classes=2,
+    input_shape=(None, None, 3),
+    *,
+    activation="softmax",
+    backbone="vgg16",
+    rates=(6, 12, 18, 24),
+    width_multiplier=1.0,
+    name="deeplab_v2",
+):
+    """DeepLabV2: a dilated backbone with ASPP branches whose class scores are summed.
+
+    Reference:
+        L.-C. Chen, G. Papandreou, I. Kokkinos, K. Murphy, A. L. Yuille, "DeepLab:
+        Semantic Image Segmentation with Deep Convolutional Nets, Atrous Convolution,
+        and Fully Connected CRFs", TPAMI 2017, https://arxiv.org/abs/1606.00915
+
+    ``backbone="vgg16"`` (default): VGG16 with pool4 and pool5 at stride 1 and
+    dilation 2 in conv5 (output stride 8), followed by "ASPP-L": for each rate
+    6, 12, 18, 24 a branch fc6 (3x3, dilation r, 1024, ReLU, dropout 0.5) -> fc7
+    (1x1, 1024, ReLU, dropout 0.5) -> fc8 (1x1 class scores).
+    ``backbone="resnet101"`` (the paper's best model): a dilated ResNet-101 (output
+    stride 8: dilation 2 in stage 3 and 4 in stage 4) and one 3x3 conv with
+    dilation r to the class scores per rate. In both cases the four branches'
+    class scores are added (linear, no BN or ReLU) and bilinearly resized to the
+    input size before the output activation.
+
+    Differences from the paper:
+        * The paper upsamples the stride-8 scores and refines them with a dense CRF
+          (a post-processing step); there is no CRF here.
+        * The paper's multi-scale input fusion (MSC: max over scores at scales 1,
+          0.75, 0.5) is not built in; ``rates`` is exposed instead.
+        * No ImageNet/COCO initialisation; ResNet-101 strides on the 3x3 conv
+          (v1.5), starts each bottleneck's last BN at gamma = 0 (zero-init
+          residual), uses Keras BN (momentum 0.99) and trains its BN. VGG16 and the
+          ASPP-L hidden layers use He-normal initialisation.
+        * VGG16 is the default, as in the project this replaces; the paper's
+          headline results use ``backbone="resnet101"``.
+
+    Args:
+        n_classes: number of classes (1 = binary with a sigmoid output).
+        input_shape: ``(height, width, channels)``; height and width may be ``None``
+            and must otherwise be multiples of 8.
+        activation: ``"softmax"`` (default), ``"sigmoid"`` or ``None`` for logits.
+        backbone: ``"vgg16"`` or ``"resnet101"``.
+        rates: the atrous rates of the ASPP branches.
+        width_multiplier: scales every channel count except the class scores
+            (for tiny test models).
+        name: model name and layer-name prefix.
+
+    Returns:
+        A ``keras.Model`` mapping ``(B, H, W, C)`` to ``(B, H, W, n_classes)``.
+
+    Example:
+        >>> model = deeplab_v2(n_classes=21, input_shape=(320, 320, 3))
+        >>> big = deeplab_v2(21, (320, 320, 3), backbone="resnet101", activation=None)
+    """
+    check_args(name, n_classes, input_shape, 8, 32)
+    check_positive(name, "width_multiplier", width_multiplier, integer=False, hint=" (1.0 = paper)")
+    if backbone not in DEEPLAB_V2_BACKBONES:
+        raise unknown_name(f"backbone of {name}", backbone, DEEPLAB_V2_BACKBONES)
+    for r in rates:
+        check_positive(name, "each ASPP rate", r, hint=" (paper: 6, 12, 18, 24)")
+    inputs = keras.Input(shape=input_shape, name=f"{name}_input")
+    if backbone == "vgg16":
+        x = dilated_vgg16(inputs, f"{name}_vgg16", width_multiplier)
+        hidden = scaled(1024, width_multiplier)
+    else:
+        x = dilated_resnet(
+            inputs,
+            f"{name}_resnet101",
+            backbone="resnet101",
+            output_stride=8,
+            deep_stem=False,
+            width_multiplier=width_multiplier,
+        )[3]
+        hidden = None
+    x = aspp_v2(x, n_classes, rates, name=f"{name}_aspp", hidden=hidden)
+    x = L.ResizeLike(name=f"{name}_upsample")([x, inputs])
+    outputs = L.output_activation(x, n_classes, name, activation)
+    return keras.Model(inputs, outputs, name=name)

@@ -1,0 +1,120 @@
+"""PSPNet: pyramid scene parsing network (Zhao et al., CVPR 2017)."""
+
+import keras
+from keras import layers
+
+from kseg.models import layers as L
+from kseg.models._context_blocks import (
+    ModelConfigError,
+    check_args,
+    check_positive,
+    pyramid_pooling,
+)
+from kseg.models.registry import register_model
+from kseg.models.resnet import dilated_resnet, scaled
+
+
+@register_model(
+    "pspnet",
+    divisor=8,
+    min_size=32,
+    test_size=(64, 64),
+    test_kwargs={"width_multiplier": 0.0625},
+)
+def pspnet(
+    n_classes=2,
+    input_shape=(None, None, 3),
+    *,
+    activation="softmax",
+    backbone="resnet50",
+    output_stride=8,
+    deep_stem=True,
+    bins=(1, 2, 3, 6),
+    dropout=0.1,
+    aux_head=False,
+    width_multiplier=1.0,
+    name="pspnet",
+):
+    """PSPNet: a dilated ResNet with a pyramid pooling module.
+
+    Reference:
+        H. Zhao, J. Shi, X. Qi, X. Wang, J. Jia, "Pyramid Scene Parsing Network",
+        CVPR 2017, https://arxiv.org/abs/1612.01105
+
+    The backbone is a dilated ResNet-50 (or -101) with output stride 8. Its last
+    feature map (2048 channels) goes through the pyramid pooling module: adaptive
+    average pooling to 1x1, 2x2, 3x3 and 6x6 bins, a 1x1 conv to 512 channels (BN,
+    ReLU) per bin, bilinear upsampling back, and concatenation with the feature map
+    (4096 channels). A 3x3 conv (512, BN, ReLU), dropout 0.1 and a linear 1x1
+    classifier follow; the class scores are bilinearly resized to the input size.
+    With ``aux_head=True`` a second head on stage 3 (3x3 conv 256, BN, ReLU,
+    dropout, 1x1 classifier) gives the auxiliary output the paper trains with
+    weight 0.4. Train with batches of several images: the 1x1 bin's BN sees one
+    value per channel per image (the paper used batch 16).
+
+    Differences from the paper:
+        * The stem is the paper's deep stem (three 3x3 convs, 64-64-128, as in the
+          released PSPNet ResNets); ``deep_stem=False`` gives He et al.'s 7x7 stem.
+        * Bottlenecks stride on the 3x3 conv (ResNet v1.5), not on the first 1x1,
+          and their last BN starts with gamma = 0 ("zero-init residual", for
+          training from scratch; the paper starts from ImageNet weights).
+        * Upsampling uses half-pixel bilinear resizing (``align_corners=False``);
+          the Caffe model used ``align_corners=True`` with 8k+1 crops (473).
+        * BN uses Keras momentum 0.99 and epsilon 1e-3; there are no pretrained
+          weights (the backbone trains from scratch unless you load weights).
+
+    Args:
+        n_classes: number of classes (1 = binary with a sigmoid output).
+        input_shape: ``(height, width, channels)``; height and width may be ``None``
+            and must otherwise be multiples of ``output_stride``.
+        activation: ``"softmax"`` (default), ``"sigmoid"`` or ``None`` for logits.
+        backbone: ``"resnet50"`` (3-4-6-3 blocks) or ``"resnet101"`` (3-4-23-3).
+        output_stride: 8 (paper) or 16 (cheaper: stage 3 strides, dilation 2 in
+            stage 4 only).
+        deep_stem: the three-conv stem (default) or the 7x7 one.
+        bins: pyramid bin sizes.
+        dropout: dropout rate before the classifiers.
+        aux_head: also return the auxiliary output (for training).
+        width_multiplier: scales every channel count (for tiny test models).
+        name: model name and layer-name prefix.
+
+    Returns:
+        A ``keras.Model`` with output ``(B, H, W, n_classes)``; with ``aux_head=True``
+        two outputs ``[main, aux]``, both at input resolution.
+
+    Example:
+        >>> model = pspnet(n_classes=21, input_shape=(480, 480, 3))
+        >>> train_model = pspnet(21, (480, 480, 3), aux_head=True)
+        >>> train_model.compile("adam", ["sparse_categorical_crossentropy"] * 2,
+        ...                     loss_weights=[1.0, 0.4])
+    """
+    if output_stride not in (8, 16):
+        raise ModelConfigError(
+            f"{name}: output_stride must be 8 or 16; received {output_stride!r}"
+        )
+    check_args(name, n_classes, input_shape, output_stride, 32)
+    check_positive(name, "width_multiplier", width_multiplier, integer=False, hint=" (1.0 = paper)")
+    for b in bins:
+        check_positive(name, "each pyramid bin", b, hint=" (paper: 1, 2, 3, 6)")
+    inputs = keras.Input(shape=input_shape, name=f"{name}_input")
+    features = dilated_resnet(
+        inputs,
+        f"{name}_backbone",
+        backbone=backbone,
+        output_stride=output_stride,
+        deep_stem=deep_stem,
+        width_multiplier=width_multiplier,
+    )
+    x = pyramid_pooling(features[3], bins, name=f"{name}_ppm")
+    x = L.conv_bn_act(x, scaled(512, width_multiplier), 3, name=f"{name}_head")
+    x = layers.Dropout(dropout, name=f"{name}_head_dropout")(x)
+    x = layers.Conv2D(n_classes, 1, name=f"{name}_logits")(x)
+    x = L.ResizeLike(name=f"{name}_upsample")([x, inputs])
+    outputs = L.output_activation(x, n_classes, name, activation)
+    if aux_head:
+        a = L.conv_bn_act(features[2], scaled(256, width_multiplier), 3, name=f"{name}_aux")
+        a = layers.Dropout(dropout, name=f"{name}_aux_dropout")(a)
+        a = layers.Conv2D(n_classes, 1, name=f"{name}_aux_logits")(a)
+        a = L.ResizeLike(name=f"{name}_aux_upsample")([a, inputs])
+        outputs = [outputs, L.output_activation(a, n_classes, f"{name}_aux", activation)]
+    return keras.Model(inputs, outputs, name=name)

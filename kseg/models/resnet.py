@@ -1,0 +1,176 @@
+"""Dilated backbones built from ``keras.layers``: ResNet-50/101 and VGG16.
+
+Used by PSPNet, ICNet and DeepLabV2. Unlike ``keras.applications`` these are
+written out layer by layer so the last stages can trade stride for dilation
+("atrous" convolution, Yu & Koltun 2016; Chen et al. 2017) and keep an output
+stride of 8 or 16, and so widths can be scaled down for tests.
+
+The helpers are functional: they take a tensor and a ``name`` prefix and return
+tensors; every layer gets a name derived from the prefix. No models are
+registered here.
+"""
+
+from keras import layers
+
+from kseg.errors import unknown_name
+from kseg.models._context_blocks import ModelConfigError
+from kseg.models.layers import BN_EPSILON, BN_MOMENTUM, conv_bn_act
+
+RESNET_BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
+RESNET_FILTERS = (64, 128, 256, 512)  # bottleneck widths; outputs are 4x these
+
+
+def scaled(channels, width_multiplier):
+    """``channels * width_multiplier`` rounded, at least 1."""
+    return max(1, int(round(channels * width_multiplier)))
+
+
+def residual_conv_bn(x, filters, kernel_size, name):
+    """Conv (no bias) + BN whose scale starts at zero: the last layer of a residual
+    branch (``{name}_conv``, ``{name}_bn``).
+
+    With gamma = 0 every residual block starts as the identity (Goyal et al. 2017,
+    "zero-init residual"). Without it, a deep residual network built from scratch
+    doubles the activation variance at every addition while the BN moving
+    statistics are still at their initial values, so an untrained model evaluated
+    in inference mode outputs saturated scores.
+    """
+    x = layers.Conv2D(
+        filters,
+        kernel_size,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=f"{name}_conv",
+    )(x)
+    return layers.BatchNormalization(
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, gamma_initializer="zeros", name=f"{name}_bn"
+    )(x)
+
+
+def bottleneck(x, filters, name, strides=1, dilation=1, expansion=4):
+    """ResNet bottleneck: 1x1 reduce, 3x3 (stride/dilation), 1x1 expand, residual add.
+
+    The stride sits on the 3x3 conv (ResNet "v1.5"). A 1x1 projection with BN
+    (``{name}_proj``) replaces the identity when the stride or the channel count
+    changes. The expand BN starts with gamma = 0 (:func:`residual_conv_bn`).
+    Output has ``filters * expansion`` channels.
+    """
+    out = filters * expansion
+    shortcut = x
+    if strides != 1 or x.shape[-1] != out:
+        shortcut = conv_bn_act(x, out, 1, strides=strides, activation=None, name=f"{name}_proj")
+    y = conv_bn_act(x, filters, 1, name=f"{name}_reduce")
+    y = conv_bn_act(y, filters, 3, strides=strides, dilation_rate=dilation, name=f"{name}_conv")
+    y = residual_conv_bn(y, out, 1, f"{name}_expand")
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.Activation("relu", name=f"{name}_out")(y)
+
+
+def resnet_stem(x, name, deep_stem=True, width_multiplier=1.0):
+    """ResNet stem, output stride 4.
+
+    ``deep_stem=True`` (PSPNet's ResNet): three 3x3 convs (64 stride 2, 64, 128);
+    ``False`` (He et al. 2016): one 7x7 stride-2 conv with 64 filters. Both are
+    followed by BN/ReLU and a 3x3 stride-2 max pool.
+    """
+    w = width_multiplier
+    if deep_stem:
+        x = conv_bn_act(x, scaled(64, w), 3, strides=2, name=f"{name}_conv1")
+        x = conv_bn_act(x, scaled(64, w), 3, name=f"{name}_conv2")
+        x = conv_bn_act(x, scaled(128, w), 3, name=f"{name}_conv3")
+    else:
+        x = conv_bn_act(x, scaled(64, w), 7, strides=2, name=f"{name}_conv1")
+    return layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_pool")(x)
+
+
+def resnet_stage(x, filters, n_blocks, name, strides=1, dilation=1, first=1):
+    """A stage of bottlenecks ``{name}_block{first}`` ... ; only the first may stride.
+
+    ``first > 1`` continues a stage that was started elsewhere (ICNet splits its
+    third stage between shared and unshared layers); such blocks never stride.
+    """
+    for i in range(first, first + n_blocks):
+        s = strides if i == 1 else 1
+        x = bottleneck(x, filters, f"{name}_block{i}", strides=s, dilation=dilation)
+    return x
+
+
+def dilated_resnet(
+    x,
+    name,
+    backbone="resnet50",
+    output_stride=8,
+    deep_stem=True,
+    width_multiplier=1.0,
+):
+    """A dilated ResNet-50/101 applied to ``x``.
+
+    Stages 1-4 have 3-4-6-3 (ResNet-50) or 3-4-23-3 (ResNet-101) bottlenecks.
+    With ``output_stride=8`` stages 3 and 4 keep stride 1 and use dilation 2 and 4
+    (PSPNet, DeepLab); with ``16`` stage 3 strides and stage 4 uses dilation 2.
+
+    Args:
+        x: input tensor ``(B, H, W, C)``.
+        name: layer-name prefix (``{name}_stem_...``, ``{name}_stage3_block2_...``).
+        backbone: ``"resnet50"`` or ``"resnet101"``.
+        output_stride: 8 or 16.
+        deep_stem: three 3x3 stem convs (PSPNet) instead of one 7x7.
+        width_multiplier: scales every channel count (1.0 = the paper's).
+
+    Returns:
+        The list of the four stage outputs, at strides 4, 8, 8|16, 8|16 with
+        256, 512, 1024, 2048 channels (times ``width_multiplier``).
+    """
+    if backbone not in RESNET_BLOCKS:
+        raise unknown_name("backbone", backbone, RESNET_BLOCKS)
+    if output_stride not in (8, 16):
+        raise ModelConfigError(f"{name}: output_stride must be 8 or 16; received {output_stride!r}")
+    blocks = RESNET_BLOCKS[backbone]
+    strides = (1, 2, 1, 1) if output_stride == 8 else (1, 2, 2, 1)
+    dilations = (1, 1, 2, 4) if output_stride == 8 else (1, 1, 1, 2)
+    x = resnet_stem(x, f"{name}_stem", deep_stem, width_multiplier)
+    features = []
+    for i in range(4):
+        x = resnet_stage(
+            x,
+            scaled(RESNET_FILTERS[i], width_multiplier),
+            blocks[i],
+            f"{name}_stage{i + 1}",
+            strides=strides[i],
+            dilation=dilations[i],
+        )
+        features.append(x)
+    return features
+
+
+VGG16_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+
+def dilated_vgg16(x, name, width_multiplier=1.0):
+    """DeepLab's dilated VGG16 (output stride 8) applied to ``x``.
+
+    The 13 VGG16 conv layers (3x3, bias, ReLU, no BN, He-normal initialisation)
+    named ``{name}_conv{s}_{i}``;
+    each stage ends in a 3x3 max pool with "same" padding, stride 2 after stages
+    1-3 and stride 1 after stages 4 and 5 (pool4/pool5), and the stage-5 convs use
+    dilation 2 to keep the receptive field the strides would have given.
+
+    Returns:
+        The pool5 output: stride 8, 512 channels (times ``width_multiplier``).
+    """
+    for s, (filters, n) in enumerate(VGG16_STAGES, start=1):
+        for i in range(1, n + 1):
+            x = layers.Conv2D(
+                scaled(filters, width_multiplier),
+                3,
+                padding="same",
+                dilation_rate=2 if s == 5 else 1,
+                activation="relu",
+                kernel_initializer="he_normal",
+                name=f"{name}_conv{s}_{i}",
+            )(x)
+        x = layers.MaxPooling2D(
+            3, strides=2 if s <= 3 else 1, padding="same", name=f"{name}_pool{s}"
+        )(x)
+    return x
