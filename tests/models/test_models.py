@@ -41,7 +41,14 @@ def _batch(hw, n_classes, seed=0):
 
 
 def _first_output(out):
-    return out[0] if isinstance(out, (list, tuple)) else out
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    return keras.ops.convert_to_numpy(out)
+
+
+def _forward(model, x):
+    """An eager forward pass in inference mode (no graph tracing or XLA compilation,
+    which would dominate the test time of the large models)."""
+    return _first_output(model(x, training=False))
 
 
 def test_registry_has_the_zoo():
@@ -54,14 +61,15 @@ def test_model(name, tmp_path):
     keras.utils.set_random_seed(0)
     model, hw = _build(name)
     x, y = _batch(hw, 3)
-    out = _first_output(model.predict(x, verbose=0))
+    out = _forward(model, x)
     assert out.shape == (2, hw[0], hw[1], 3)
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-4)
     assert out.min() >= 0.0
 
     # a few training steps lower the loss on a fixed batch
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  jit_compile=False)
     n_out = len(model.outputs)
     yy = [y] * n_out if n_out > 1 else y
     losses = [float(np.ravel(model.train_on_batch(x, yy))[0]) for _ in range(6)]
@@ -69,11 +77,11 @@ def test_model(name, tmp_path):
     assert losses[-1] < losses[0], losses
 
     # .keras round trip gives identical outputs
-    before = _first_output(model.predict(x, verbose=0))
+    before = _forward(model, x)
     path = str(tmp_path / f"{name.replace('+', 'p')}.keras")
     model.save(path)
     loaded = keras.saving.load_model(path, compile=False)
-    after = _first_output(loaded.predict(x, verbose=0))
+    after = _forward(loaded, x)
     np.testing.assert_allclose(before, after, atol=1e-6)
 
 
@@ -83,12 +91,12 @@ def test_logits_and_binary_heads(name):
     h, w = spec.test_size
     logits = get_model(name, n_classes=2, input_height=h, input_width=w, activation=None, **spec.test_kwargs)
     x, _ = _batch((h, w), 2)
-    out = _first_output(logits.predict(x, verbose=0))
+    out = _forward(logits, x)
     assert out.shape == (2, h, w, 2)
     # logits are not probabilities: not all in [0, 1] summing to 1
     assert not np.allclose(out.sum(-1), 1.0, atol=1e-3) or out.min() < 0 or out.max() > 1
     binary = get_model(name, n_classes=1, input_height=h, input_width=w, **spec.test_kwargs)
-    out = _first_output(binary.predict(x, verbose=0))
+    out = _forward(binary, x)
     assert out.shape == (2, h, w, 1)
     assert 0.0 <= out.min() and out.max() <= 1.0
 
@@ -107,7 +115,7 @@ def test_dynamic_models_take_other_sizes(name):
     model = get_model(name, n_classes=2, **spec.test_kwargs)
     h, w = spec.test_size
     x = np.zeros((1, h + spec.divisor * 2, w + spec.divisor, 3), np.float32)
-    out = _first_output(model.predict(x, verbose=0))
+    out = _forward(model, x)
     assert out.shape[1:3] == x.shape[1:3]
 
 
@@ -130,8 +138,8 @@ for name in list_models():
     h, w = spec.test_size
     try:
         m = get_model(name, n_classes=3, input_height=h, input_width=w, **spec.test_kwargs)
-        out = m.predict(np.random.default_rng(0).random((1, h, w, 3), dtype=np.float32), verbose=0)
-        out = out[0] if isinstance(out, (list, tuple)) else out
+        out = m(np.random.default_rng(0).random((1, h, w, 3), dtype=np.float32), training=False)
+        out = keras.ops.convert_to_numpy(out[0] if isinstance(out, (list, tuple)) else out)
         res[name] = {"shape": list(out.shape), "finite": bool(np.isfinite(out).all()),
                      "sum": float(np.abs(out.sum(-1) - 1).max())}
     except Exception as e:
