@@ -106,8 +106,9 @@ def add_train_args(p):
     g.add_argument("--resume", action="store_true",
                    help="continue the experiment --exp_name (weights, optimizer state, epoch count)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing experiment folder")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="online augmentation: random scale 0.75-1.25, h-flip, crop/pad")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="online augmentation: random scale 0.75-1.25, h-flip, crop/pad "
+                        "(default: on, unless the dataset's dataset.json says \"augment\": false)")
     g.add_argument("--cache", action="store_true", help="cache decoded images in memory")
     g.add_argument("--jit_compile", default="auto", choices=("auto", "on", "off"),
                    help="XLA compilation of the train step")

@@ -15,6 +15,15 @@ from kseg.data.dataset import load_dataset_info, palette_for, scan_pairs
 from kseg.data.io import atomic_path
 from kseg.data.preprocess import check_image_init, check_resize_op
 from kseg.data.sample import SAMPLE_NAME, ensure_sample_dataset
+from kseg.distribute import (
+    backup_folder,
+    cleanup_write_folder,
+    distribute_dataset,
+    loss_for_distribution,
+    prepare_model_for,
+    select_distribution,
+    write_folder,
+)
 from kseg.errors import DataError, ExperimentError, KsegError
 from kseg.losses import get_loss, median_frequency_weights
 from kseg.metrics import get_metric
@@ -61,11 +70,12 @@ class ExperimentCheckpoint(keras.callbacks.Callback):
     """Saves ``last.keras`` every epoch and ``best.keras`` when the monitored
     metric improves, both atomically, and records the epoch for ``--resume``."""
 
-    def __init__(self, folder, monitor, best=None):
+    def __init__(self, folder, monitor, best=None, verbose=True):
         super().__init__()
         self.folder = folder
         self.monitor = monitor
         self.best = best
+        self.verbose = verbose
 
     def _save(self, name):
         with atomic_path(os.path.join(self.folder, name)) as tmp:
@@ -84,7 +94,7 @@ class ExperimentCheckpoint(keras.callbacks.Callback):
             {"epoch": epoch + 1, "monitor": self.monitor, "best": self.best,
              "updated": datetime.datetime.now().isoformat(timespec="seconds")},
         )
-        if improved:
+        if improved and self.verbose:
             print(f"\nepoch {epoch + 1}: {self.monitor} improved to {value:.4f}, saved {X.BEST}", flush=True)
 
 
@@ -103,25 +113,106 @@ def _experiment_dir(args):
     return folder, False
 
 
-def _strategy(args):
-    if not args.multi_gpus:
-        return None
-    import tensorflow as tf
+def gpu_available():
+    """Whether the current backend sees a GPU."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    gpus = tf.config.list_logical_devices("GPU")
-    if not gpus:
-        raise KsegError("--multi_gpus needs visible GPUs and none were found; drop the flag to train on CPU")
-    return tf.distribute.MirroredStrategy()
+        return bool(tf.config.list_physical_devices("GPU"))
+    try:
+        return bool(keras.distribution.list_devices("gpu"))
+    except Exception:  # backends without the distribution API, or no GPU runtime
+        return False
+
+
+def resolve_jit_compile(value, dist=None):
+    """Map ``--jit_compile`` (``auto``/``on``/``off``, or a bool) to ``True``/``False``.
+
+    ``auto`` is what measured fastest (README, Performance): XLA on a GPU; on a
+    CPU-only machine TensorFlow's oneDNN graph kernels beat XLA for the conv nets
+    of the zoo, so ``auto`` is off there. Under ``tf.distribute`` ``auto`` is off
+    (as in Keras). The JAX backend always compiles with XLA; torch never does.
+    """
+    if isinstance(value, bool):
+        return value
+    if value not in ("auto", "on", "off"):
+        raise KsegError(f"--jit_compile {value!r}: expected auto, on or off")
+    if value != "auto":
+        return value == "on"
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return True
+    if backend != "tensorflow":
+        return False
+    if dist is not None and dist.uses_tf_distribute:
+        return False
+    return gpu_available()
+
+
+def cpu_supports_bfloat16():
+    """Whether the CPU has native bfloat16 arithmetic (x86 AVX512-BF16 / AMX-BF16, ARM BF16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def precision_policy(mixed_precision):
+    """The Keras dtype policy for ``--mixed_precision``.
+
+    ``mixed_float16`` on a GPU; ``mixed_bfloat16`` on a CPU with native bfloat16
+    (elsewhere bfloat16 is emulated and slower, so float32 is kept). Models compute
+    their output activation, and kseg losses their value, in float32 either way.
+    """
+    if not mixed_precision:
+        return "float32"
+    if gpu_available():
+        return "mixed_float16"
+    if cpu_supports_bfloat16():
+        return "mixed_bfloat16"
+    return "float32"
 
 
 def _set_precision(args):
-    if not args.mixed_precision:
-        return
-    import tensorflow as tf
-
-    policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    policy = precision_policy(args.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
-    print(f"mixed precision: {policy}")
+    if args.mixed_precision:
+        if policy == "float32":
+            print("mixed precision: no GPU and no native bfloat16 on this CPU; training in float32",
+                  file=sys.stderr)
+        else:
+            print(f"mixed precision: {policy} (loss and output activation in float32)")
+    return policy
+
+
+def compile_model(model, *, n_classes, loss="ce", loss_kwargs=None, ignore_index=255,
+                  optimizer_name="adam", learning_rate=1e-3, jit_compile=False,
+                  steps_per_execution=1, metrics=True, dist=None):
+    """Compile ``model`` as ``scripts/train.py`` does (the benchmark measures this).
+
+    The kseg loss is computed in float32 whatever the dtype policy; with
+    ``mixed_float16`` Keras wraps the optimizer in a ``LossScaleOptimizer``. Under a
+    multi-replica ``tf.distribute`` strategy (``dist``) the loss is divided by the
+    number of replicas (:class:`kseg.distribute.ReplicaScaledLoss`) so the summed
+    replica gradients are those of the global batch.
+    """
+    loss_obj = loss_for_distribution(get_loss(loss, n_classes=n_classes, **(loss_kwargs or {})), dist)
+    model.compile(
+        optimizer=make_optimizer(optimizer_name, learning_rate),
+        loss=loss_obj,
+        metrics=[get_metric("mean_iou", n_classes=n_classes, ignore_index=ignore_index)] if metrics else None,
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
+    )
+    return model
+
+
+def _steps_per_execution(args):
+    """``--steps_per_execution`` when the CLI has it (1 = a Python call per step)."""
+    return int(getattr(args, "steps_per_execution", None) or 1)
 
 
 def prepare(args):
@@ -155,7 +246,14 @@ def prepare(args):
 
 
 def train(args):
-    """Train according to parsed CLI ``args``; returns the experiment folder."""
+    """Train according to parsed CLI ``args``; returns the experiment folder.
+
+    Distribution (see :mod:`kseg.distribute`): ``--multi_gpus`` mirrors the model over
+    all local GPUs (``--train_batch_size`` is per replica); a ``TF_CONFIG`` naming
+    several workers trains on all of them, the chief writing the experiment folder.
+    """
+    # the strategy must exist before any TensorFlow work (multi-worker, logical devices)
+    dist = select_distribution(multi_gpus=args.multi_gpus)
     keras.utils.set_random_seed(args.seed)
     folder, explicit = _experiment_dir(args)
     if args.resume:
@@ -171,7 +269,8 @@ def train(args):
             if k in saved["args"]:
                 setattr(args, k, saved["args"][k])
         args.model_option = [tuple(kv) for kv in args.model_option]
-    elif explicit and os.path.exists(folder) and os.listdir(folder) and not args.overwrite:
+    elif (explicit and dist.is_chief and os.path.exists(folder)
+          and [f for f in os.listdir(folder) if f != ".backup"] and not args.overwrite):
         raise ExperimentError(
             f"experiment folder {folder} already exists; pass --resume to continue it, "
             "--overwrite to replace it, or another --exp_name"
@@ -205,24 +304,35 @@ def train(args):
 
     from kseg.data.pipeline import make_dataset
 
-    train_ds = make_dataset(
-        train_pairs, (h, w), args.train_batch_size, training=True, image_init=args.image_init,
-        resize_op=args.resize_op, ignore_index=ignore_index, augment=args.augment,
-        python_label_decoder=scan.needs_python_decoder, cache=args.cache, seed=args.seed,
-    )
-    val_ds = None
-    if val_pairs:
-        val_ds = make_dataset(
-            val_pairs, (h, w), args.val_batch_size, training=False, image_init=args.image_init,
-            resize_op=args.resize_op, ignore_index=ignore_index,
-            python_label_decoder=vscan.needs_python_decoder, cache=args.cache,
-        )
+    train_kw = dict(training=True, image_init=args.image_init, resize_op=args.resize_op,
+                    ignore_index=ignore_index, augment=(args.augment if args.augment is not None
+                                                     else info.augment),
+                    python_label_decoder=scan.needs_python_decoder, cache=args.cache, seed=args.seed)
+    val_kw = dict(training=False, image_init=args.image_init, resize_op=args.resize_op,
+                  ignore_index=ignore_index, python_label_decoder=vscan.needs_python_decoder if vscan else True,
+                  cache=args.cache)
+    global_batch = dist.global_batch_size(args.train_batch_size)
+    val_global_batch = dist.global_batch_size(args.val_batch_size)
+    steps_per_epoch = validation_steps = None
+    if dist.kind == "multi_worker":
+        # every worker reads its own share of the files; fixed-length epochs keep them in step
+        train_ds, steps_per_epoch = distribute_dataset(
+            dist, lambda i, n, b: make_dataset(train_pairs[i::n], (h, w), b, repeat=True, **train_kw),
+            len(train_pairs), args.train_batch_size)
+        val_ds = None
+        if val_pairs:
+            val_ds, validation_steps = distribute_dataset(
+                dist, lambda i, n, b: make_dataset(val_pairs[i::n], (h, w), b, drop_remainder=True, repeat=True, **val_kw),
+                len(val_pairs), args.val_batch_size)
+    else:
+        train_ds = make_dataset(train_pairs, (h, w), global_batch, **train_kw)
+        val_ds = make_dataset(val_pairs, (h, w), val_global_batch, **val_kw) if val_pairs else None
 
-    os.makedirs(folder, exist_ok=True)
+    write_dir = write_folder(folder, dist)
+    os.makedirs(write_dir, exist_ok=True)
     initial_epoch, best = 0, None
-    strategy = _strategy(args)
-    scope = strategy.scope() if strategy is not None else _null()
-    with scope:
+    jit = resolve_jit_compile(args.jit_compile, dist)
+    with dist.scope():
         if args.resume:
             state = X.read_json(os.path.join(folder, X.STATE))
             initial_epoch, best = int(state["epoch"]), state.get("best")
@@ -233,13 +343,11 @@ def train(args):
             model = get_model(args.model_name, n_classes=n_classes,
                               input_height=None if dyn else h, input_width=None if dyn else w,
                               **p["model_kwargs"])
-            jit = {"auto": "auto", "on": True, "off": False}[args.jit_compile]
-            model.compile(
-                optimizer=make_optimizer(args.optimizer_name, args.learning_rate),
-                loss=get_loss(args.loss, n_classes=n_classes, **loss_kwargs),
-                metrics=[get_metric("mean_iou", n_classes=n_classes, ignore_index=ignore_index)],
-                jit_compile=jit,
-            )
+            compile_model(model, n_classes=n_classes, loss=args.loss, loss_kwargs=loss_kwargs,
+                          ignore_index=ignore_index, optimizer_name=args.optimizer_name,
+                          learning_rate=args.learning_rate, jit_compile=jit,
+                          steps_per_execution=_steps_per_execution(args), dist=dist)
+    prepare_model_for(model, dist)
     epochs = args.epochs or info.epochs or DEFAULT_EPOCHS
     config = {
         "kseg_version": __version__,
@@ -260,28 +368,41 @@ def train(args):
         "loss": args.loss,
         "class_weights": class_weights,
         "args": {k: v for k, v in vars(args).items()},
+        "distribution": {"kind": dist.kind, "replicas": dist.num_replicas, "workers": dist.num_workers,
+                         "global_batch_size": global_batch},
+        "jit_compile": bool(jit),
+        "dtype_policy": keras.mixed_precision.global_policy().name,
     }
     if not args.resume:
-        X.write_json(os.path.join(folder, X.CONFIG), config)
+        X.write_json(os.path.join(write_dir, X.CONFIG), config)
     monitor = "val_mean_iou" if val_ds is not None else "mean_iou"
-    callbacks = [
-        ExperimentCheckpoint(folder, monitor, best),
-        keras.callbacks.CSVLogger(os.path.join(folder, X.HISTORY), append=args.resume),
-        keras.callbacks.TensorBoard(os.path.join(folder, X.LOGS), update_freq="epoch"),
+    callbacks = []
+    backup = backup_folder(folder, dist)
+    if backup:  # fault tolerance: a restarted worker group continues from the last epoch
+        callbacks.append(keras.callbacks.BackupAndRestore(backup, delete_checkpoint=True))
+    callbacks += [
+        ExperimentCheckpoint(write_dir, monitor, best, verbose=dist.is_chief),
+        keras.callbacks.CSVLogger(os.path.join(write_dir, X.HISTORY), append=args.resume),
+        keras.callbacks.TensorBoard(os.path.join(write_dir, X.LOGS), update_freq="epoch"),
     ]
     verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    if not dist.is_chief:
+        verbose = 0
+    where = f"; {dist.describe()}, global batch {global_batch}" if dist.kind != "single" else ""
     print(
         f"training {args.model_name} ({model.count_params():,} parameters) on {args.dataset_name}: "
         f"{len(train_pairs)} train / {len(val_pairs)} {val_split or 'no validation'} images, input {h}x{w}, "
-        f"{n_classes} classes, loss {args.loss}, epochs {initial_epoch}->{epochs}; saving to {folder}",
+        f"{n_classes} classes, loss {args.loss}, epochs {initial_epoch}->{epochs}{where}; saving to {folder}",
         flush=True,
     )
     if initial_epoch >= epochs:
         print(f"nothing to do: the experiment already ran {initial_epoch} epochs (raise --epochs)")
+        cleanup_write_folder(write_dir, folder, dist)
         return folder
     t0 = time.time()
     try:
         model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
                   callbacks=callbacks, verbose=verbose, shuffle=False)
     except Exception as e:  # decoding errors inside tf.data surface here
         if type(e).__name__ in ("InvalidArgumentError", "UnknownError", "NotFoundError"):
@@ -291,10 +412,30 @@ def train(args):
                 f"{p['root']} to find the bad file"
             ) from None
         raise
+    finally:
+        cleanup_write_folder(write_dir, folder, dist)
+    if backup:
+        _remove_empty_dirs(os.path.dirname(backup), folder)
     elapsed = time.time() - t0
-    summary = _summarise(folder, monitor)
+    summary = _summarise(folder, monitor) if dist.is_chief else "(see the chief)"
     print(f"done in {elapsed / 60:.1f} min; best {monitor} = {summary}; experiment: {folder}")
     return folder
+
+
+def _remove_empty_dirs(path, stop):
+    """Remove ``path`` and its parents up to ``stop`` (exclusive) while they are empty."""
+    path, stop = os.path.abspath(path), os.path.abspath(stop)
+    while path.startswith(stop) and path != stop:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
+        path = os.path.dirname(path)
+    if path == stop:
+        try:
+            os.rmdir(path)  # a worker's copy of the folder with nothing in it
+        except OSError:
+            pass
 
 
 def _summarise(folder, monitor):
@@ -304,11 +445,3 @@ def _summarise(folder, monitor):
         return f"{max(vals):.4f}" if vals else "n/a"
     except (OSError, ValueError, KeyError):
         return "n/a"
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False

@@ -14,7 +14,7 @@
     python scripts/convert_colors.py table --table voc
 
 --table is a named palette (voc, camvid, camvid11) or a JSON/CSV/TXT file; see
-docs/dataset_tools.md. Colours not in the table become the ignore value (255) and are
+README.md (Dataset tools). Colours not in the table become the ignore value (255) and are
 reported with their pixel counts.
 """
 

@@ -322,7 +322,7 @@ def table_from_json(obj, source="table", ignore_index=None):
             else:
                 entries.append((str(name), _colors_of(col, f"{source}: class {name!r}"), None, name == "__ignore__"))
     else:
-        raise DataError(f"{source}: not a class table; see docs/dataset_tools.md for the formats")
+        raise DataError(f"{source}: not a class table; see README.md (Dataset tools) for the formats")
     return _table_from_entries(entries, source, DEFAULT_IGNORE_INDEX if ign_idx is None else ign_idx, ignore_colors)
 
 

@@ -24,6 +24,7 @@ class DatasetInfo:
     ignore_index: int = DEFAULT_IGNORE_INDEX
     input_size: tuple = None
     epochs: int = None
+    augment: bool = True
 
     def split_dirs(self, split):
         return (
@@ -64,6 +65,7 @@ def load_dataset_info(root):
         if d.get("input_size"):
             info.input_size = tuple(d["input_size"])
         info.epochs = d.get("epochs")
+        info.augment = bool(d.get("augment", True))
     txt = os.path.join(root, "classes.txt")
     if info.classes is None and os.path.exists(txt):
         with open(txt, encoding="utf-8") as f:

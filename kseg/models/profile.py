@@ -39,12 +39,30 @@ def _layer_macs(layer, in_shape, out_shape):
     return 0
 
 
+def _concrete_copy(submodel, in_shape):
+    """A copy of a nested functional model whose input has the concrete ``in_shape``
+    of one of its calls (its own graph may be built size-free)."""
+    cfg = submodel.get_config()
+    for lay in cfg.get("layers", []):
+        if lay.get("class_name") == "InputLayer":
+            lay["config"]["batch_shape"] = [None, *in_shape[1:]]
+            lay["config"].pop("batch_input_shape", None)
+    return submodel.__class__.from_config(cfg)
+
+
 def _iter_calls(model):
     """Yield (layer, input_shape, output_shape) for every call of every layer, recursing
-    into nested functional models."""
+    into nested functional models (once per call of the nested model)."""
     for layer in model.layers:
         if isinstance(layer, keras.Model) and hasattr(layer, "layers") and layer.layers:
-            yield from _iter_calls(layer)
+            for node in getattr(layer, "_inbound_nodes", []):
+                ins = keras.tree.flatten(node.input_tensors)
+                if not ins:
+                    continue
+                in_shape = tuple(ins[0].shape)
+                own = tuple(layer.inputs[0].shape)
+                sub = layer if own[1:] == in_shape[1:] else _concrete_copy(layer, in_shape)
+                yield from _iter_calls(sub)
             continue
         for node in getattr(layer, "_inbound_nodes", []):
             ins = keras.tree.flatten(node.input_tensors)
