@@ -42,7 +42,8 @@ def model_row(name, size, n_classes):
         "input": s,
         "gmacs": macs / 1e9,
         "gflops": 2 * macs / 1e9,
-        "constraint": f"H, W multiples of {spec.divisor}" + (f", >= {spec.min_size}" if spec.min_size > spec.divisor else ""),
+        "constraint": (f"any H, W >= {spec.min_size}" if spec.divisor == 1 else
+                       f"H, W multiples of {spec.divisor}" + (f", >= {spec.min_size}" if spec.min_size > spec.divisor else "")),
         "any_size": spec.dynamic,
         "builder": spec.builder.__name__,
     }
