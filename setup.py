@@ -2,7 +2,7 @@ from setuptools import find_packages, setup
 
 EXTRAS = {
     "export": ["tf2onnx>=1.16", "onnx", "onnxruntime"],
-    "labelme": ["labelme"],
+    "labelme": ["labelme", "pillow>=9.1,<11.1"],
     "coco": ["pycocotools"],
     "serve": ["flask>=2.3"],
 }
