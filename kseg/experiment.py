@@ -68,3 +68,14 @@ def resolve_weights(path):
     else:
         raise ExperimentError(f"--weights_path {path} does not exist; pass weights/<exp_name> or a .keras file")
     return folder, model_file, read_json(os.path.join(folder, CONFIG))
+
+
+def latest_experiment(root="weights"):
+    """The most recently created experiment folder under ``root`` that holds a model."""
+    import glob
+
+    cands = [os.path.dirname(p) for p in glob.glob(os.path.join(root, "*", CONFIG))]
+    cands = [c for c in cands if glob.glob(os.path.join(c, "*.keras"))]
+    if not cands:
+        raise ExperimentError(f"no experiment found in {root}/; train one first or pass --weights_path")
+    return max(cands, key=lambda c: os.path.getmtime(os.path.join(c, CONFIG)))

@@ -12,7 +12,6 @@ experiment's config.json (model.onnx, saved_model/, model.tflite) unless --outpu
 written only after the parity check against the Keras model passes.
 """
 
-import glob
 import os
 import sys
 
@@ -87,11 +86,9 @@ def build_parser():
 
 
 def latest_experiment(root="weights"):
-    cands = [os.path.dirname(p) for p in glob.glob(os.path.join(root, "*", "config.json"))]
-    cands = [c for c in cands if glob.glob(os.path.join(c, "*.keras"))]
-    if not cands:
-        raise ExperimentError(f"no experiment found in {root}/; train one first or pass --weights_path")
-    return max(cands, key=lambda c: os.path.getmtime(os.path.join(c, "config.json")))
+    from kseg.experiment import latest_experiment as _latest
+
+    return _latest(root)
 
 
 def run_benchmark(args, weights):

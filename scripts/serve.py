@@ -3,7 +3,6 @@
 python scripts/serve.py --weights_path weights/unet_shapes [--host 127.0.0.1] [--port 8000]
 """
 
-import glob
 import logging
 import os
 import signal
@@ -51,11 +50,9 @@ def build_parser():
 
 
 def latest_experiment(root="weights"):
-    cands = [os.path.dirname(p) for p in glob.glob(os.path.join(root, "*", "config.json"))]
-    cands = [c for c in cands if glob.glob(os.path.join(c, "*.keras"))]
-    if not cands:
-        raise ExperimentError(f"no experiment found in {root}/; train one first or pass --weights_path")
-    return max(cands, key=lambda c: os.path.getmtime(os.path.join(c, "config.json")))
+    from kseg.experiment import latest_experiment as _latest
+
+    return _latest(root)
 
 
 def listen(host, port):

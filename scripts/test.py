@@ -8,7 +8,6 @@ Writes <output>/masks/<stem>.png (palette PNGs of class indices, at each image's
 with --mIOU, report.json + confusion_matrix.png; with --time, timing.json.
 """
 
-import glob
 import os
 import sys
 import time
@@ -51,11 +50,9 @@ def build_parser():
 
 
 def latest_experiment(root="weights"):
-    cands = [os.path.dirname(p) for p in glob.glob(os.path.join(root, "*", "config.json"))]
-    cands = [c for c in cands if glob.glob(os.path.join(c, "*.keras"))]
-    if not cands:
-        raise ExperimentError(f"no experiment found in {root}/; train one first or pass --weights_path")
-    return max(cands, key=lambda c: os.path.getmtime(os.path.join(c, "config.json")))
+    from kseg.experiment import latest_experiment as _latest
+
+    return _latest(root)
 
 
 def _default_dir(cfg, arg, sub, flag):
