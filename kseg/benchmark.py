@@ -338,16 +338,19 @@ def run_model_config(cfg):
     ``mixed_precision`` (bool), ``steps_per_execution``, ``inference`` (bool),
     ``infer_runs``, ``intra_threads``, ``inter_threads``.
     """
+    impl = cfg.get("impl", "kseg")
+    if impl == "kseg":
+        # importing kseg.training caps malloc arenas before TensorFlow starts, as in
+        # scripts/train.py; the baseline process never imports it
+        from kseg.training import compile_model, precision_policy, resolve_jit_compile
     configure_threads(cfg.get("intra_threads", 0), cfg.get("inter_threads", 0))
     import keras
 
     from kseg.models import get_model
-    from kseg.training import compile_model, precision_policy, resolve_jit_compile
 
     h, w = int(cfg["input_height"]), int(cfg["input_width"])
     b, n_classes = int(cfg.get("batch_size", 4)), int(cfg.get("n_classes", 2))
-    impl = cfg.get("impl", "kseg")
-    policy = precision_policy(bool(cfg.get("mixed_precision")))
+    policy = precision_policy(bool(cfg.get("mixed_precision"))) if impl == "kseg" else "float32"
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(int(cfg.get("seed", 0)))
     kwargs = dict(cfg.get("model_kwargs") or {})
@@ -561,20 +564,22 @@ def rss_over_epochs(cfg):
     ``input_width``, ``batch_size``, ``n_classes``, ``model_kwargs``, ``epochs``.
     The data streams from disk through ``make_dataset`` (no cache).
     """
+    impl = cfg.get("impl", "kseg")
+    if impl == "kseg":  # caps malloc arenas at import, as in scripts/train.py (not for the baseline)
+        from kseg.training import compile_model, precision_policy, resolve_jit_compile
     configure_threads(cfg.get("intra_threads", 0), cfg.get("inter_threads", 0))
     import keras
 
     from kseg.data.pipeline import make_dataset
     from kseg.models import get_model
-    from kseg.training import compile_model, precision_policy, resolve_jit_compile
 
     h, w = int(cfg["input_height"]), int(cfg["input_width"])
     b, n_classes = int(cfg.get("batch_size", 4)), int(cfg.get("n_classes", 2))
-    policy = precision_policy(bool(cfg.get("mixed_precision"))) if cfg.get("impl", "kseg") == "kseg" else "float32"
+    policy = precision_policy(bool(cfg.get("mixed_precision"))) if impl == "kseg" else "float32"
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
     kwargs = dict(cfg.get("model_kwargs") or {})
-    if cfg.get("impl", "kseg") == "plain":
+    if impl == "plain":
         # Keras defaults, except that ignored label pixels (255) must be skipped
         model = plain_unet(n_classes, (h, w, 3), kwargs.get("base_filters", 64), kwargs.get("depth", 4))
         model.compile(optimizer="adam",

@@ -6,16 +6,41 @@ import os
 import sys
 import time
 
-import numpy as np
-import keras
 
-from kseg import __version__
-from kseg import experiment as X
-from kseg.data.dataset import load_dataset_info, palette_for, scan_pairs
-from kseg.data.io import atomic_path
-from kseg.data.preprocess import check_image_init, check_resize_op
-from kseg.data.sample import SAMPLE_NAME, ensure_sample_dataset
-from kseg.distribute import (
+def limit_malloc_arenas(n=2):
+    """Cap glibc's malloc arenas (as ``MALLOC_ARENA_MAX=n`` would) unless the user set it.
+
+    glibc gives threads their own allocation arenas; with tf.data and TensorFlow
+    thread pools allocating and freeing large buffers, the resident memory of a
+    training process then creeps up epoch after epoch (fragmentation, measured in
+    docs/performance.md). With 2 arenas it levels off after a few epochs. Must run
+    before TensorFlow starts its threads; a no-op outside glibc. Returns whether the
+    cap was set.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-8, int(n)))  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False
+
+
+# before TensorFlow (imported by keras) starts its thread pools
+limit_malloc_arenas()
+
+import numpy as np  # noqa: E402
+import keras  # noqa: E402
+
+from kseg import __version__  # noqa: E402
+from kseg import experiment as X  # noqa: E402
+from kseg.data.dataset import load_dataset_info, palette_for, scan_pairs  # noqa: E402
+from kseg.data.io import atomic_path  # noqa: E402
+from kseg.data.preprocess import check_image_init, check_resize_op  # noqa: E402
+from kseg.data.sample import SAMPLE_NAME, ensure_sample_dataset  # noqa: E402
+from kseg.distribute import (  # noqa: E402
     backup_folder,
     cleanup_write_folder,
     distribute_dataset,
@@ -24,11 +49,11 @@ from kseg.distribute import (
     select_distribution,
     write_folder,
 )
-from kseg.errors import DataError, ExperimentError, KsegError
-from kseg.losses import get_loss, median_frequency_weights
-from kseg.metrics import get_metric
-from kseg.models import get_model, model_spec
-from kseg.models.registry import check_input_size
+from kseg.errors import DataError, ExperimentError, KsegError  # noqa: E402
+from kseg.losses import get_loss, median_frequency_weights  # noqa: E402
+from kseg.metrics import get_metric  # noqa: E402
+from kseg.models import get_model, model_spec  # noqa: E402
+from kseg.models.registry import check_input_size  # noqa: E402
 
 DEFAULT_INPUT_SIZE = 256
 DEFAULT_EPOCHS = 50
@@ -252,6 +277,7 @@ def train(args):
     all local GPUs (``--train_batch_size`` is per replica); a ``TF_CONFIG`` naming
     several workers trains on all of them, the chief writing the experiment folder.
     """
+    limit_malloc_arenas()  # before TensorFlow's threads exist: flat memory across epochs
     # the strategy must exist before any TensorFlow work (multi-worker, logical devices)
     dist = select_distribution(multi_gpus=args.multi_gpus)
     keras.utils.set_random_seed(args.seed)
@@ -325,7 +351,10 @@ def train(args):
                 dist, lambda i, n, b: make_dataset(val_pairs[i::n], (h, w), b, drop_remainder=True, repeat=True, **val_kw),
                 len(val_pairs), args.val_batch_size)
     else:
-        train_ds = make_dataset(train_pairs, (h, w), global_batch, **train_kw)
+        # one iterator for the whole run: the next epoch's first batches are decoded and
+        # prefetched while the current epoch ends, instead of after it
+        train_ds = make_dataset(train_pairs, (h, w), global_batch, repeat=True, **train_kw)
+        steps_per_epoch = max(1, len(train_pairs) // global_batch)
         val_ds = make_dataset(val_pairs, (h, w), val_global_batch, **val_kw) if val_pairs else None
 
     write_dir = write_folder(folder, dist)

@@ -89,6 +89,16 @@ def test_time_training_returns_one_time_per_timed_execution():
     assert len(lat) == 3
 
 
+def test_interleaved_comparison_reports_every_variant():
+    r = B.interleaved_comparison({"input_height": 32, "input_width": 32, "batch_size": 2,
+                                  "model_kwargs": {"base_filters": 4}, "rounds": 2, "warmup": 1})
+    v = r["variants"]
+    assert set(v) == {"plain_unet float32", "unet float32"} and r["rounds"] == 2
+    assert v["plain_unet float32"]["speedup_vs_plain"] == 1.0
+    for x in v.values():
+        assert x["train_images_per_s"] == pytest.approx(2 / x["train_step_s"], rel=0.01)
+
+
 def test_memory_readings():
     peak, cur = B.peak_rss_mb(), B.current_rss_mb()
     assert peak > 0 and cur > 0 and peak >= cur - 1.0
@@ -208,7 +218,8 @@ def test_benchmark_script_end_to_end(tmp_path, tiny_dataset):
          "--model_option", "base_filters=4", "--input_height", "32", "--batch_size", "2", "--steps", "2",
          "--warmup", "1", "--infer_runs", "2", "--conv_seconds", "0.02", "--conv_repeats", "1",
          "--pipeline_data", tiny_dataset, "--pipeline_images", "8", "--pipeline_size", "32",
-         "--pipeline_epochs", "1", "--pipeline_batch_size", "4", "--json_out", str(out)],
+         "--pipeline_epochs", "1", "--pipeline_batch_size", "4", "--interleave_rounds", "0",
+         "--json_out", str(out)],
         capture_output=True, text=True, env=env, timeout=600, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
