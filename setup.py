@@ -9,6 +9,8 @@ EXTRAS = {
 EXTRAS["dev"] = sorted(
     {d for ds in EXTRAS.values() for d in ds} | {"pytest>=7", "jax[cpu]", "selenium>=4.11"}
 )
+# NVIDIA GPUs (not part of dev: it pulls several GB of CUDA libraries)
+EXTRAS["gpu"] = ["tensorflow[and-cuda]>=2.16"]
 
 setup(
     name="kseg",
