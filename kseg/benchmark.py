@@ -44,17 +44,6 @@ import numpy as np
 UNET_CONV_SHAPES = ((224, 64), (112, 128), (56, 256), (28, 512), (14, 1024))
 TRAIN_FLOP_FACTOR = 3  # a training step ~ 3 forward passes
 
-# The colours actually used by the Dubai aerial masks (README.md (Dataset tools)).
-DUBAI_TABLE = {"classes": [
-    {"name": "Building", "color": "#3C1098"},
-    {"name": "Land", "color": "#8429F6"},
-    {"name": "Road", "color": "#6EC1E4"},
-    {"name": "Vegetation", "color": "#FEDD3A"},
-    {"name": "Water", "color": "#E2A929"},
-    {"name": "Unlabeled", "color": "#9B9B9B"},
-    {"name": "void", "color": "#000000", "ignore": True},
-]}
-
 JSON_KEYS = (
     "model", "impl", "input_height", "input_width", "batch_size", "n_classes", "params",
     "forward_gflop", "train_images_per_s", "train_step_s", "train_gflop_per_s",
@@ -286,7 +275,7 @@ def time_training(model, batch, steps=10, warmup=2, steps_per_execution=1, seed=
 
     k = max(1, int(steps_per_execution))
     n_exec = -(-int(warmup) // k) + max(1, -(-int(steps) // k))
-    model.fit(ds, steps_per_epoch=n_exec * k, epochs=1, verbose=0, callbacks=[_Clock()])
+    model.fit(ds, steps_per_epoch=n_exec * k, epochs=1, verbose=0, callbacks=[_Clock()], shuffle=False)
     per_exec = np.diff(stamps) / k
     skip = -(-int(warmup) // k)
     return [float(t) for t in per_exec[skip:]]
@@ -335,7 +324,7 @@ def run_model_config(cfg):
     ``cfg`` keys: ``model`` (registry name), ``impl`` (``"kseg"`` or ``"plain"``, the
     baseline U-Net), ``input_height``, ``input_width``, ``batch_size``, ``n_classes``,
     ``model_kwargs``, ``steps``, ``warmup``, ``jit_compile`` (auto/on/off),
-    ``mixed_precision`` (bool), ``steps_per_execution``, ``inference`` (bool),
+    ``mixed_precision`` (bool; ``None`` = auto as scripts/train.py), ``steps_per_execution``, ``inference`` (bool),
     ``infer_runs``, ``intra_threads``, ``inter_threads``.
     """
     impl = cfg.get("impl", "kseg")
@@ -350,7 +339,7 @@ def run_model_config(cfg):
 
     h, w = int(cfg["input_height"]), int(cfg["input_width"])
     b, n_classes = int(cfg.get("batch_size", 4)), int(cfg.get("n_classes", 2))
-    policy = precision_policy(bool(cfg.get("mixed_precision"))) if impl == "kseg" else "float32"
+    policy = precision_policy(cfg.get("mixed_precision", False)) if impl == "kseg" else "float32"
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(int(cfg.get("seed", 0)))
     kwargs = dict(cfg.get("model_kwargs") or {})
@@ -484,10 +473,10 @@ def dataset_pairs(path, limit=None, workdir=None):
     if os.path.isdir(os.path.join(path, "train_image")):
         pairs = pair_by_stem(os.path.join(path, "train_image"), os.path.join(path, "train_label"))
         return pairs[:limit] if limit else pairs
-    from kseg.data.colors import colors_to_index, read_color_mask, table_from_json
+    from kseg.data.colors import colors_to_index, named_table, read_color_mask
     from kseg.data.io import IMAGE_EXTENSIONS, write_label
 
-    table = table_from_json(DUBAI_TABLE, source="dubai")
+    table = named_table("dubai")
     tiles = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d, "images")))
     items = []
     for t in tiles:
@@ -520,7 +509,9 @@ def dataset_n_classes(path):
         info = load_dataset_info(path)
         if info.classes:
             return len(info.classes)
-    return len([c for c in DUBAI_TABLE["classes"] if not c.get("ignore")])
+    from kseg.data.colors import DUBAI_COLORS
+
+    return len(DUBAI_COLORS)
 
 
 def pipeline_speed(pairs, size=(512, 512), batch_size=8, epochs=3, training=True, augment=True,
@@ -549,7 +540,7 @@ def pipeline_speed(pairs, size=(512, 512), batch_size=8, epochs=3, training=True
         x, _ = next(it)
         n += int(x.shape[0])
     dt = time.perf_counter() - t0
-    return {"images_per_s": round(n / dt, 2), "images": n, "seconds": round(dt, 3),
+    return {"images_per_s": round(n / dt, 2), "images": n, "seconds": round(dt, 6),
             "label_decoder": "PIL (palette PNG)" if python_label_decoder else "tf.io.decode_png"}
 
 
@@ -575,7 +566,7 @@ def rss_over_epochs(cfg):
 
     h, w = int(cfg["input_height"]), int(cfg["input_width"])
     b, n_classes = int(cfg.get("batch_size", 4)), int(cfg.get("n_classes", 2))
-    policy = precision_policy(bool(cfg.get("mixed_precision"))) if impl == "kseg" else "float32"
+    policy = precision_policy(cfg.get("mixed_precision", False)) if impl == "kseg" else "float32"
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
     kwargs = dict(cfg.get("model_kwargs") or {})
@@ -588,16 +579,20 @@ def rss_over_epochs(cfg):
         model = get_model(cfg["model"], n_classes=n_classes, input_height=h, input_width=w, **kwargs)
         compile_model(model, n_classes=n_classes, jit_compile=resolve_jit_compile("auto"))
     pairs = [tuple(p) for p in cfg["pairs"]]
-    ds = make_dataset(pairs, (h, w), b, training=True, python_label_decoder=True, seed=0)
+    # kseg: one repeated iterator with fixed-length epochs, as kseg.training.train;
+    # baseline: a fresh iterator every epoch, as a plain fit(dataset) does
+    ds = make_dataset(pairs, (h, w), b, training=True, python_label_decoder=True, seed=0, repeat=impl == "kseg")
+    steps = max(1, len(pairs) // b) if impl == "kseg" else None
     rss = []
 
     class _Mem(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             rss.append(round(current_rss_mb(), 1))
 
-    model.fit(ds, epochs=int(cfg.get("epochs", 5)), verbose=0, callbacks=[_Mem()])
+    model.fit(ds, epochs=int(cfg.get("epochs", 5)), steps_per_epoch=steps, verbose=0, callbacks=[_Mem()],
+              shuffle=False)
     return {"rss_mb_per_epoch": rss, "peak_rss_mb": round(peak_rss_mb(), 1), "images": len(pairs),
-            "impl": cfg.get("impl", "kseg"), "model": cfg["model"] if cfg.get("impl", "kseg") == "kseg" else "plain_unet",
+            "impl": impl, "model": cfg["model"] if impl == "kseg" else "plain_unet",
             "dtype_policy": policy, "input_height": h, "input_width": w, "batch_size": b, "load_avg": load_avg()}
 
 

@@ -37,6 +37,16 @@ def positive_int(v):
     return i
 
 
+def non_negative_int(v):
+    try:
+        i = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {v!r}") from None
+    if i < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {v!r}")
+    return i
+
+
 def positive_float(v):
     try:
         f = float(v)
@@ -110,10 +120,16 @@ def add_train_args(p):
                    help="online augmentation: random scale 0.75-1.25, h-flip, crop/pad "
                         "(default: on, unless the dataset's dataset.json says \"augment\": false)")
     g.add_argument("--cache", action="store_true", help="cache decoded images in memory")
+    g.add_argument("--train_crops", type=non_negative_int, default=0, metavar="N",
+                   help="0: resize every image to the input size (default). N > 0: keep images at their "
+                        "native resolution and train on N random input-size crops per image per epoch "
+                        "(validation: one centre crop); for large images predicted with test.py --mode slide")
     g.add_argument("--jit_compile", default="auto", choices=("auto", "on", "off"),
                    help="XLA compilation of the train step")
-    g.add_argument("--mixed_precision", action="store_true",
-                   help="mixed_float16 on GPU, mixed_bfloat16 on CPU; the loss stays float32")
+    g.add_argument("--mixed_precision", action=argparse.BooleanOptionalAction, default=None,
+                   help="16-bit compute with float32 weights: mixed_float16 on a GPU, mixed_bfloat16 on a "
+                        "CPU with native bfloat16; loss, BatchNorm statistics and output stay float32 "
+                        "(default: auto = on for GPUs with tensor cores and CPUs with AMX, else off)")
     g.add_argument("--multi_gpus", action="store_true",
                    help="data-parallel training on all visible GPUs (tf.distribute.MirroredStrategy)")
     g.add_argument("--seed", type=int, default=0)

@@ -123,6 +123,19 @@ class ExperimentCheckpoint(keras.callbacks.Callback):
             print(f"\nepoch {epoch + 1}: {self.monitor} improved to {value:.4f}, saved {X.BEST}", flush=True)
 
 
+class EpochTimer(keras.callbacks.Callback):
+    """Adds ``epoch_time_s`` (wall clock of the epoch, validation included) to the
+    epoch logs, so ``history.csv`` and TensorBoard record it. Must run before the
+    loggers."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and hasattr(self, "_t0"):
+            logs["epoch_time_s"] = round(time.perf_counter() - self._t0, 2)
+
+
 def _experiment_dir(args):
     base = args.train_save_path
     if args.exp_name:
@@ -175,23 +188,56 @@ def resolve_jit_compile(value, dist=None):
     return gpu_available()
 
 
-def cpu_supports_bfloat16():
-    """Whether the CPU has native bfloat16 arithmetic (x86 AVX512-BF16 / AMX-BF16, ARM BF16)."""
+def _cpu_flags():
     try:
         with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
+            return set(f.read().split())
     except OSError:
+        return set()
+
+
+def cpu_supports_bfloat16():
+    """Whether the CPU has native bfloat16 arithmetic (x86 AVX512-BF16 / AMX-BF16, ARM BF16)."""
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_has_bfloat16_matrix_units():
+    """Whether the CPU has bfloat16 matrix units (x86 AMX-BF16), where oneDNN's bfloat16
+    convolutions run several times faster than float32 ones (README, Performance)."""
+    return "amx_bf16" in _cpu_flags()
+
+
+def gpu_has_tensor_cores():
+    """Whether every visible GPU has float16 tensor cores (CUDA compute capability >= 7.0).
+    Known only on the TensorFlow backend; ``False`` elsewhere."""
+    if keras.backend.backend() != "tensorflow":
         return False
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return False
+    for g in gpus:
+        cc = tf.config.experimental.get_device_details(g).get("compute_capability")
+        if not cc or tuple(cc) < (7, 0):
+            return False
+    return True
 
 
 def precision_policy(mixed_precision):
-    """The Keras dtype policy for ``--mixed_precision``.
+    """The Keras dtype policy for ``--mixed_precision`` (``True``/``False``/``None`` = auto).
 
-    ``mixed_float16`` on a GPU; ``mixed_bfloat16`` on a CPU with native bfloat16
-    (elsewhere bfloat16 is emulated and slower, so float32 is kept). Models compute
-    their output activation, and kseg losses their value, in float32 either way.
+    On: ``mixed_float16`` on a GPU; ``mixed_bfloat16`` on a CPU with native bfloat16
+    (elsewhere bfloat16 is emulated and slower, so float32 is kept). Auto (the default
+    of ``scripts/train.py``): on only where the hardware has 16-bit matrix units that
+    make it clearly faster -- GPUs with tensor cores, CPUs with AMX -- and float32
+    elsewhere. Models compute their output activation, BatchNorm statistics and kseg
+    losses their value in float32 either way.
     """
+    if mixed_precision is None:
+        if gpu_available():
+            return "mixed_float16" if gpu_has_tensor_cores() else "float32"
+        return "mixed_bfloat16" if cpu_has_bfloat16_matrix_units() else "float32"
     if not mixed_precision:
         return "float32"
     if gpu_available():
@@ -204,12 +250,13 @@ def precision_policy(mixed_precision):
 def _set_precision(args):
     policy = precision_policy(args.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
-    if args.mixed_precision:
-        if policy == "float32":
-            print("mixed precision: no GPU and no native bfloat16 on this CPU; training in float32",
-                  file=sys.stderr)
-        else:
-            print(f"mixed precision: {policy} (loss and output activation in float32)")
+    how = "auto" if args.mixed_precision is None else ("--mixed_precision" if args.mixed_precision else "off")
+    if args.mixed_precision and policy == "float32":
+        print("mixed precision: no GPU and no native bfloat16 on this CPU; training in float32",
+              file=sys.stderr)
+    elif policy != "float32":
+        print(f"mixed precision ({how}): {policy}, loss and output activation in float32 "
+              f"(--no-mixed_precision trains in float32)")
     return policy
 
 
@@ -333,10 +380,12 @@ def train(args):
     train_kw = dict(training=True, image_init=args.image_init, resize_op=args.resize_op,
                     ignore_index=ignore_index, augment=(args.augment if args.augment is not None
                                                      else info.augment),
-                    python_label_decoder=scan.needs_python_decoder, cache=args.cache, seed=args.seed)
+                    python_label_decoder=scan.needs_python_decoder, cache=args.cache, seed=args.seed,
+                    crops=args.train_crops)
     val_kw = dict(training=False, image_init=args.image_init, resize_op=args.resize_op,
                   ignore_index=ignore_index, python_label_decoder=vscan.needs_python_decoder if vscan else True,
-                  cache=args.cache)
+                  cache=args.cache, crops=args.train_crops)
+    per_image = max(1, args.train_crops)  # training samples per image and epoch
     global_batch = dist.global_batch_size(args.train_batch_size)
     val_global_batch = dist.global_batch_size(args.val_batch_size)
     steps_per_epoch = validation_steps = None
@@ -344,17 +393,18 @@ def train(args):
         # every worker reads its own share of the files; fixed-length epochs keep them in step
         train_ds, steps_per_epoch = distribute_dataset(
             dist, lambda i, n, b: make_dataset(train_pairs[i::n], (h, w), b, repeat=True, **train_kw),
-            len(train_pairs), args.train_batch_size)
+            len(train_pairs) * per_image, args.train_batch_size)
         val_ds = None
         if val_pairs:
             val_ds, validation_steps = distribute_dataset(
-                dist, lambda i, n, b: make_dataset(val_pairs[i::n], (h, w), b, drop_remainder=True, repeat=True, **val_kw),
+                dist, lambda i, n, b: make_dataset(val_pairs[i::n], (h, w), b, drop_remainder=True,
+                                                   repeat=True, **val_kw),
                 len(val_pairs), args.val_batch_size)
     else:
         # one iterator for the whole run: the next epoch's first batches are decoded and
         # prefetched while the current epoch ends, instead of after it
         train_ds = make_dataset(train_pairs, (h, w), global_batch, repeat=True, **train_kw)
-        steps_per_epoch = max(1, len(train_pairs) // global_batch)
+        steps_per_epoch = max(1, len(train_pairs) * per_image // global_batch)
         val_ds = make_dataset(val_pairs, (h, w), val_global_batch, **val_kw) if val_pairs else None
 
     write_dir = write_folder(folder, dist)
@@ -401,6 +451,7 @@ def train(args):
                          "global_batch_size": global_batch},
         "jit_compile": bool(jit),
         "dtype_policy": keras.mixed_precision.global_policy().name,
+        "params": int(model.count_params()),
     }
     if not args.resume:
         X.write_json(os.path.join(write_dir, X.CONFIG), config)
@@ -410,6 +461,7 @@ def train(args):
     if backup:  # fault tolerance: a restarted worker group continues from the last epoch
         callbacks.append(keras.callbacks.BackupAndRestore(backup, delete_checkpoint=True))
     callbacks += [
+        EpochTimer(),
         ExperimentCheckpoint(write_dir, monitor, best, verbose=dist.is_chief),
         keras.callbacks.CSVLogger(os.path.join(write_dir, X.HISTORY), append=args.resume),
         keras.callbacks.TensorBoard(os.path.join(write_dir, X.LOGS), update_freq="epoch"),

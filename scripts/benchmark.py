@@ -45,9 +45,11 @@ def build_parser():
                    help="also measure a straightforward Keras 3 U-Net (auto: when unet is measured)")
     p.add_argument("--jit_compile", default="auto", choices=("auto", "on", "off"),
                    help="XLA for the kseg models' train step (as scripts/train.py)")
-    p.add_argument("--precision", default="float32", choices=("float32", "mixed", "both"),
-                   help="kseg models in float32, in mixed precision (mixed_bfloat16 on a CPU with native "
-                        "bfloat16, mixed_float16 on GPU), or both; the baseline is always float32")
+    p.add_argument("--precision", default="auto", choices=("auto", "float32", "mixed", "both"),
+                   help="kseg models as scripts/train.py trains them by default (auto: mixed precision on "
+                        "GPUs with tensor cores and CPUs with AMX, else float32), in float32, in mixed "
+                        "precision (mixed_bfloat16 on a CPU with native bfloat16, mixed_float16 on GPU), "
+                        "or both float32 and mixed; the baseline is always float32 (Keras' default)")
     p.add_argument("--steps_per_execution", type=cli.positive_int, default=1)
     p.add_argument("--intra_threads", type=int, default=0, help="TensorFlow intra-op threads (0 = default)")
     p.add_argument("--inter_threads", type=int, default=0, help="TensorFlow inter-op threads (0 = default)")
@@ -189,7 +191,7 @@ def main(argv=None):
     configs = []
     if baseline:
         configs.append(("unet", "plain", False))
-    mixed_runs = {"float32": [False], "mixed": [True], "both": [False, True]}[args.precision]
+    mixed_runs = {"auto": [None], "float32": [False], "mixed": [True], "both": [False, True]}[args.precision]
     configs += [(m, "kseg", mp) for m in models for mp in mixed_runs]
     rows = []
     for name, impl, mixed in configs:

@@ -51,7 +51,7 @@ def model_row(name, size, n_classes):
 
 def markdown(rows, n_classes):
     out = [
-        f"| model | builder | parameters | input | GMACs | GFLOPs | input size constraint | any size at run time |",
+        "| model | builder | parameters | input | GMACs | GFLOPs | input size constraint | any size at run time |",
         "|---|---|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:

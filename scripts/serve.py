@@ -12,7 +12,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kseg import cli  # noqa: E402
-from kseg.errors import ExperimentError, KsegError  # noqa: E402
+from kseg.errors import KsegError  # noqa: E402
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 

@@ -15,7 +15,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kseg import cli  # noqa: E402
-from kseg.errors import DataError, ExperimentError  # noqa: E402
+from kseg.errors import DataError  # noqa: E402
 
 
 def build_parser():

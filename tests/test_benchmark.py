@@ -91,7 +91,7 @@ def test_time_training_returns_one_time_per_timed_execution():
 
 def test_interleaved_comparison_reports_every_variant():
     r = B.interleaved_comparison({"input_height": 32, "input_width": 32, "batch_size": 2,
-                                  "model_kwargs": {"base_filters": 4}, "rounds": 2, "warmup": 1})
+                                  "model_kwargs": {"base_filters": 4, "depth": 2}, "rounds": 2, "warmup": 1})
     v = r["variants"]
     assert set(v) == {"plain_unet float32", "unet float32"} and r["rounds"] == 2
     assert v["plain_unet float32"]["speedup_vs_plain"] == 1.0
@@ -186,6 +186,24 @@ def test_precision_policy(monkeypatch):
     assert T.precision_policy(True) == "float32"  # emulated bfloat16 would be slower
 
 
+def test_precision_policy_auto_is_on_only_with_16_bit_matrix_units(monkeypatch):
+    from kseg import training as T
+
+    monkeypatch.setattr(T, "gpu_available", lambda: True)
+    monkeypatch.setattr(T, "gpu_has_tensor_cores", lambda: True)
+    assert T.precision_policy(None) == "mixed_float16"
+    monkeypatch.setattr(T, "gpu_has_tensor_cores", lambda: False)
+    assert T.precision_policy(None) == "float32"  # e.g. a Pascal GPU: no tensor cores
+    monkeypatch.setattr(T, "gpu_available", lambda: False)
+    monkeypatch.setattr(T, "_cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+    assert T.precision_policy(None) == "mixed_bfloat16"
+    monkeypatch.setattr(T, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})  # bf16 dot products, no AMX
+    assert T.precision_policy(None) == "float32"
+    assert T.precision_policy(True) == "mixed_bfloat16"  # still available on request
+    monkeypatch.setattr(T, "_cpu_flags", lambda: {"avx2", "fma"})
+    assert T.precision_policy(None) == "float32" and T.precision_policy(True) == "float32"
+
+
 def test_mixed_bfloat16_training_keeps_loss_and_output_float32():
     import keras
 
@@ -233,7 +251,11 @@ def test_benchmark_script_end_to_end(tmp_path, tiny_dataset):
         assert m["fraction_of_conv_peak"] == pytest.approx(m["train_gflop_per_s"] / m["conv_peak_gflop_per_s"],
                                                            abs=0.002)
         assert m["pipeline_images_per_s"] > 0 and m["peak_rss_mb"] > 0
-        assert m["dtype_policy"] == "float32" and m["jit_compile"] is False
+        # the baseline in Keras' default float32; kseg as scripts/train.py trains by default
+        from kseg.training import precision_policy
+
+        assert m["dtype_policy"] == ("float32" if m["impl"] == "plain" else precision_policy(None))
+        assert m["jit_compile"] is False
     plain, kseg = models
     p_bias, macs = _unet_counts(4, 4, 2, 32, conv_bias=True)
     assert plain["params"] == p_bias and kseg["params"] == p_bias - plain["redundant_bias_params"]

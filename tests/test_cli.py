@@ -70,6 +70,7 @@ def test_train_resume_and_predict_end_to_end(tmp_path, tiny_dataset):
     with open(exp / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert all(float(r["epoch_time_s"]) > 0 for r in rows)  # wall clock per epoch is logged
     assert json.loads((exp / "state.json").read_text())["epoch"] == 2
 
     # test.py: masks at each image's ORIGINAL size, overlays, and the mean IoU
@@ -157,6 +158,23 @@ def test_resume_without_experiment(tmp_path, tiny_dataset, capsys):
 def test_bad_flag_value(capsys):
     code, _, err = _run("train", ["--epochs", "-3"], capsys)
     _assert_one_line_error(code, err, "--epochs")
+    code, _, err = _run("train", ["--train_crops", "-1"], capsys)
+    _assert_one_line_error(code, err, "--train_crops", ">= 0")
+
+
+def test_crop_training_end_to_end(tmp_path, tiny_dataset):
+    """--train_crops: native-resolution crops; an epoch has images x crops / batch steps."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    args = _train_args(tmp_path, tiny_dataset, "--exp_name", "crops", "--epochs", "1", "--train_crops", "3",
+                       "--input_height", "32", "--input_width", "32", "--train_batch_size", "4",
+                       "--no-mixed_precision", "--verbose", "2")
+    r = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "train.py")] + args, capture_output=True,
+                       text=True, env=env, cwd=str(tmp_path), timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    n_train = len(os.listdir(os.path.join(tiny_dataset, "train_image")))
+    assert f"{n_train * 3 // 4}/{n_train * 3 // 4}" in r.stdout  # steps of the epoch in the progress line
+    cfg = json.loads((tmp_path / "weights" / "crops" / "config.json").read_text())
+    assert cfg["args"]["train_crops"] == 3 and cfg["dtype_policy"] == "float32"
 
 
 def test_test_script_on_a_folder_without_experiment(tmp_path, capsys):

@@ -216,3 +216,31 @@ def test_sample_dataset_is_deterministic(tmp_path):
     labs = [read_label(os.path.join(a, "train_label", f)) for f in os.listdir(os.path.join(a, "train_label"))]
     assert set(np.unique(np.concatenate([l.ravel() for l in labs]))) <= {0, 1, 2, 3}
     assert load_dataset_info(a).classes == ["background", "circle", "square", "triangle"]
+
+
+def test_pipeline_native_resolution_crops(tmp_path):
+    """--train_crops: crops come from the full-size image (no resize), N per image per
+    pass, and image and label stay aligned; evaluation takes the centre crop."""
+    from kseg.data.pipeline import make_dataset
+
+    os.makedirs(tmp_path / "img")
+    os.makedirs(tmp_path / "lab")
+    h, w = 60, 90
+    # image grey level encodes the column (x), label the row band (y // 20)
+    img = np.repeat(np.tile(np.arange(w, dtype=np.uint8) * 2, (h, 1))[..., None], 3, axis=2)
+    lab = (np.arange(h)[:, None] // 20 * np.ones((1, w), int)).astype(np.uint8)
+    write_image(str(tmp_path / "img" / "a.png"), img)
+    write_label(str(tmp_path / "lab" / "a.png"), lab)
+    pairs = pair_by_stem(str(tmp_path / "img"), str(tmp_path / "lab"))
+
+    ds = make_dataset(pairs, (20, 30), 1, training=True, augment=False, crops=5, seed=0)
+    batches = [(x.numpy()[0, ..., 0] * 255).round() for x, _ in ds]
+    assert len(batches) == 5  # 5 crops of the one image per pass
+    for x in batches:
+        # native resolution: neighbouring columns differ by exactly 2 grey levels
+        assert (np.diff(x, axis=1) == 2).all() and (np.diff(x, axis=0) == 0).all()
+    assert len({x[0, 0] for x in batches}) > 1  # random positions
+
+    x, y = next(iter(make_dataset(pairs, (20, 30), 1, crops=1)))
+    x, y = (x.numpy()[0, ..., 0] * 255).round(), y.numpy()[0]
+    assert x[0, 0] == 2 * 30 and (y == 1).all()  # centre crop: columns 30..59, rows 20..39

@@ -266,3 +266,25 @@ def test_jax_data_parallel_matches_one_device():
     for a, b in zip(res["single"], res["dp"]):
         assert b == pytest.approx(a, rel=2e-4, abs=1e-5)
     assert res["dp"][-1] < res["dp"][0]
+
+
+def test_replica_scaled_loss_is_transparent_outside_a_strategy_and_serializable():
+    import keras
+    import numpy as np
+
+    from kseg.distribute import ReplicaScaledLoss, loss_for_distribution
+    from kseg.losses import get_loss
+
+    inner = get_loss("ce", n_classes=3)
+    y = np.array([[[0, 2]]], dtype="int32")
+    p = np.array([[[[0.5, 0.25, 0.25], [0.2, 0.2, 0.6]]]], dtype="float32")
+    want = -(np.log(0.5) + np.log(0.6)) / 2  # mean over the two pixels, by hand
+    wrapped = ReplicaScaledLoss(inner)
+    assert float(wrapped(y, p)) == pytest.approx(want, rel=1e-5)
+    back = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(wrapped))
+    assert isinstance(back, ReplicaScaledLoss) and type(back.loss) is type(inner)
+    assert float(back(y, p)) == pytest.approx(want, rel=1e-5)
+    # wrapped only for several tf.distribute replicas
+    assert loss_for_distribution(inner, Distribution()) is inner
+    assert loss_for_distribution(inner, Distribution("jax_data_parallel", None, 2)) is inner
+    assert isinstance(loss_for_distribution(inner, Distribution("mirrored", None, 2)), ReplicaScaledLoss)

@@ -199,9 +199,18 @@ class ClassTable:
     def __repr__(self):
         return f"ClassTable({self.n_classes} classes from {self.source})"
 
+# The Dubai aerial imagery masks (Humans in the Loop), with the colours the masks actually
+# use (the dataset's own classes.json lists different, wrong ones); a few black pixels
+# are unannotated and ignored.
+DUBAI_COLORS = (
+    ("Building", (0x3C, 0x10, 0x98)), ("Land", (0x84, 0x29, 0xF6)), ("Road", (0x6E, 0xC1, 0xE4)),
+    ("Vegetation", (0xFE, 0xDD, 0x3A)), ("Water", (0xE2, 0xA9, 0x29)), ("Unlabeled", (0x9B, 0x9B, 0x9B)),
+)  # fmt: skip
+
 
 def named_table(name, ignore_index=DEFAULT_IGNORE_INDEX):
-    """A built-in table: ``voc`` (21 classes), ``camvid`` (32-class original), ``camvid11``, ``binary``.
+    """A built-in table: ``voc`` (21 classes), ``camvid`` (32-class original), ``camvid11``,
+    ``dubai`` (6 classes, black ignored), ``binary``.
 
     ``binary`` maps black to 0 and white to 1 (0/255 masks; with a tolerance of 221
     every grey level goes to the nearer of the two, i.e. a threshold at 128).
@@ -221,12 +230,16 @@ def named_table(name, ignore_index=DEFAULT_IGNORE_INDEX):
             [n for n, _ in CAMVID11_COLORS], [c for _, c in CAMVID11_COLORS], [(0, 0, 0)], ignore_index,
             source="camvid11",
         )
+    if key == "dubai":
+        return ClassTable(
+            [n for n, _ in DUBAI_COLORS], [c for _, c in DUBAI_COLORS], [(0, 0, 0)], ignore_index, source="dubai"
+        )
     if key == "binary":
         return ClassTable(["background", "foreground"], [(0, 0, 0), (255, 255, 255)], (), ignore_index, source="binary")
     raise unknown_name("palette", name, NAMED_TABLES)
 
 
-NAMED_TABLES = ("voc", "camvid", "camvid11", "binary")
+NAMED_TABLES = ("voc", "camvid", "camvid11", "dubai", "binary")
 
 _NAME_KEYS = ("name", "title", "label", "class")
 _COLOR_KEYS = ("color", "colour", "rgb", "hex")

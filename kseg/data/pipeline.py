@@ -107,6 +107,23 @@ def tf_augment(image, label, size, ignore_index, scale_range=(0.75, 1.25), flip=
     return image, label
 
 
+def tf_center_crop(image, label, size, ignore_index):
+    """Centre crop (and centre pad, label with ``ignore_index``) a pair to ``size``."""
+    out_h, out_w = size
+    shape = tf.shape(image)
+    ph, pw = tf.maximum(out_h - shape[0], 0), tf.maximum(out_w - shape[1], 0)
+    pads = [[ph // 2, ph - ph // 2], [pw // 2, pw - pw // 2]]
+    image = tf.pad(image, pads + [[0, 0]], constant_values=0.0)
+    label = tf.pad(label, pads, constant_values=ignore_index)
+    shape = tf.shape(image)
+    y0, x0 = (shape[0] - out_h) // 2, (shape[1] - out_w) // 2
+    image = image[y0 : y0 + out_h, x0 : x0 + out_w]
+    label = label[y0 : y0 + out_h, x0 : x0 + out_w]
+    image.set_shape([out_h, out_w, 3])
+    label.set_shape([out_h, out_w])
+    return image, label
+
+
 def make_dataset(
     pairs,
     input_size,
@@ -122,6 +139,7 @@ def make_dataset(
     seed=None,
     drop_remainder=None,
     repeat=False,
+    crops=0,
 ):
     """Build a batched ``tf.data.Dataset`` of ``(image float32 (B,H,W,3), label int32 (B,H,W))``.
 
@@ -138,35 +156,53 @@ def make_dataset(
         seed: shuffle/augmentation seed.
         drop_remainder: drop the last partial batch (default: when training).
         repeat: repeat forever.
+        crops: 0 resizes every image to ``input_size``. ``N > 0`` keeps images at their
+            native resolution and takes input-size crops instead (for large images
+            predicted with ``--mode slide``): when training, ``N`` random crops per image
+            per pass (after the random scale and flip when ``augment``); otherwise one
+            centre crop. ``resize_op`` is not used then.
     """
     check_image_init(image_init)
     resize_op = check_resize_op(resize_op)
     size = (int(input_size[0]), int(input_size[1]))
     images = [p[0] for p in pairs]
     labels = [p[1] for p in pairs]
+    crops = int(crops or 0)
+    if crops < 0:
+        raise ValueError(f"crops must be >= 0, got {crops}")
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    n = len(pairs)
+    if training and crops > 1 and not cache:
+        ds, n = ds.repeat(crops), n * crops
     if training and not cache:
-        ds = ds.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
 
     def load(ip, lp):
         img = tf_normalize(_decode_image(ip), image_init)
         lab = _decode_label(lp, python_label_decoder)
+        if crops:
+            if not training:
+                return tf_center_crop(img, lab, size, ignore_index)
+            return img, lab  # cropped below, at native resolution
         return tf_resize_pair(img, lab, size, resize_op, ignore_index)
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
     if cache:
         ds = ds.cache()
+        if training and crops > 1:
+            ds, n = ds.repeat(crops), n * crops
         if training:
-            ds = ds.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
-    if training and augment:
+            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    if training and (augment or crops):
+        aug = dict(scale_range=(0.75, 1.25), flip=True) if augment else dict(scale_range=(1.0, 1.0), flip=False)
         ds = ds.map(
-            lambda i, l: tf_augment(i, l, size, ignore_index),
+            lambda i, l: tf_augment(i, l, size, ignore_index, **aug),
             num_parallel_calls=AUTOTUNE,
             deterministic=seed is not None,
         )
     if repeat:
         ds = ds.repeat()
     if drop_remainder is None:
-        drop_remainder = training and len(pairs) >= batch_size
+        drop_remainder = training and n >= batch_size
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(AUTOTUNE)

@@ -88,11 +88,17 @@ def fcn8(
     pool4 = vgg.get_layer("block4_pool").output
     pool5 = vgg.get_layer("block5_pool").output
 
+    # TensorFlow 2.21's oneDNN bfloat16 training step of a conv from 4096 input channels to
+    # a few outputs (score_fr) corrupts the heap: the process aborts with "malloc(): unaligned
+    # tcache chunk detected" (2048 channels are fine, float32 is fine). Under mixed_bfloat16
+    # that one layer computes in float32 (0.01% of the FLOPs).
+    fc_dtype = ("float32" if fc_filters > 2048 and keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+                else None)
     x = kl.Conv2D(fc_filters, 7, padding="same", activation="relu", name=f"{name}_fc6")(pool5)
     x = kl.Dropout(dropout, name=f"{name}_fc6_dropout")(x)
     x = kl.Conv2D(fc_filters, 1, padding="same", activation="relu", name=f"{name}_fc7")(x)
     x = kl.Dropout(dropout, name=f"{name}_fc7_dropout")(x)
-    score_fr = kl.Conv2D(n_classes, 1, name=f"{name}_score_fr")(x)
+    score_fr = kl.Conv2D(n_classes, 1, name=f"{name}_score_fr", dtype=fc_dtype)(x)
 
     def up(t, factor, lname):
         return kl.Conv2DTranspose(

@@ -1,7 +1,6 @@
 """SegNet (Badrinarayanan, Kendall, Cipolla 2017)."""
 
 import keras
-from keras import layers as kl
 
 from kseg.models import layers as L
 from kseg.models.registry import check_input_size, register_model

@@ -126,6 +126,34 @@ def test_unknown_model_lists_valid_names():
         get_model("unet3000")
 
 
+_FCN8_BF16 = r"""
+import numpy as np
+import keras
+keras.mixed_precision.set_global_policy("mixed_bfloat16")
+from kseg.models import get_model
+from kseg.training import compile_model
+m = get_model("fcn8", n_classes=2, input_height=64, input_width=64)
+assert m.get_layer("fcn8_score_fr").dtype_policy.compute_dtype == "float32"
+assert m.get_layer("fcn8_fc7").dtype_policy.compute_dtype == "bfloat16"
+compile_model(m, n_classes=2)
+x = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32)
+y = np.random.default_rng(1).integers(0, 2, (2, 64, 64))
+for _ in range(3):
+    loss = m.train_on_batch(x, y)
+print("TRAINED", loss)
+"""
+
+
+def test_fcn8_trains_under_mixed_bfloat16():
+    """A bfloat16 conv from fc7's 4096 channels aborted the process with heap corruption
+    in TensorFlow 2.21 (oneDNN); fcn8 computes that layer in float32 under mixed_bfloat16.
+    In a subprocess, because the failure is an abort, not an exception."""
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", _FCN8_BF16], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=600)
+    assert proc.returncode == 0 and "TRAINED" in proc.stdout, proc.stderr[-2000:]
+
+
 _JAX_SCRIPT = r"""
 import json, os, sys
 import numpy as np
