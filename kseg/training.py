@@ -13,7 +13,7 @@ def limit_malloc_arenas(n=2):
     glibc gives threads their own allocation arenas; with tf.data and TensorFlow
     thread pools allocating and freeing large buffers, the resident memory of a
     training process then creeps up epoch after epoch (fragmentation, measured in
-    docs/performance.md). With 2 arenas it levels off after a few epochs. Must run
+    README.md, Performance). With 2 arenas it levels off after a few epochs. Must run
     before TensorFlow starts its threads; a no-op outside glibc. Returns whether the
     cap was set.
     """

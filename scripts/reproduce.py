@@ -9,6 +9,8 @@
     python scripts/reproduce.py run dubai            # two models, Dubai aerial, slide inference
     # 3. (re)write results/<table>.md (and the README's copy with --readme) from the logs
     python scripts/reproduce.py table horse-models --readme
+    # 4. image | ground truth | prediction panels for the README
+    python scripts/reproduce.py figure isbi-losses ce 24 27 --output docs/img/isbi_ce.png
 
 Every run is one ``scripts/train.py`` command and one ``scripts/test.py --mIOU`` command
 (printed before it runs); the experiment goes to ``weights/reproduce/<table>/<run>`` and
@@ -61,12 +63,12 @@ RECIPES = {
         "title": "Every loss on ISBI 2012 membranes (U-Net)",
         "runs": "losses",
         "model": "unet",
-        "train": ["--model_option", "base_filters=32", "--input_height", "256", "--input_width", "256",
-                  "--train_crops", "4", "--epochs", "25", "--train_batch_size", "4", "--no-validate"],
+        "train": ["--model_option", "base_filters=16", "--input_height", "256", "--input_width", "256",
+                  "--train_crops", "4", "--epochs", "20", "--train_batch_size", "4", "--no-validate"],
         "test": ["--mode", "whole"],
         "checkpoint": "last.keras",
-        "describe": "U-Net with base_filters=32 (7.8M parameters), random 256x256 crops at full "
-                    "resolution (4 per image per epoch, after scale 0.75-1.25 and flip), 25 epochs, "
+        "describe": "U-Net with base_filters=16 (1.9M parameters), random 256x256 crops at full "
+                    "resolution (4 per image per epoch, after scale 0.75-1.25 and flip), 20 epochs, "
                     "batch 4, Adam 1e-3, no validation split (24 train / 6 test): the last epoch is "
                     "evaluated, on the whole 512x512 test images",
     },
@@ -308,8 +310,10 @@ def make_table(table):
     lines = [f"Recipe: {r['describe']}. Dataset: `data/{r['dataset']}` "
              f"(`python scripts/reproduce.py prepare {r['dataset']}`; split in `results/splits/{r['dataset']}.txt`). "
              f"Regenerate: `python scripts/reproduce.py run {table}`.", ""]
-    if table == "dubai":
-        classes = list(rows[0]["per_class"]) if rows else []
+    if not rows:
+        lines.append("Not run yet.")
+    elif table == "dubai":
+        classes = list(rows[0]["per_class"])
         lines.append("| model | params | mIoU | pixel acc. | " + " | ".join(classes) + " | s/epoch |")
         lines.append("|---|---:|---:|---:|" + "---:|" * len(classes) + "---:|")
         for x in rows:
@@ -324,7 +328,7 @@ def make_table(table):
             lines.append(f"| `{x[key]}` | {_fmt(x['pixel_accuracy'])} | {_fmt(x['mean_iou'])} | "
                          f"{_fmt(x.get('fg_iou'))} | {_fmt(x.get('fg_dice'))} | {_params(x)} | "
                          f"{_fmt(x['epoch_s'], 0)} |")
-    if missing:
+    if missing and rows:
         lines += ["", "Not run yet: " + ", ".join(f"`{m}`" for m in missing) + "."]
     text = "\n".join(lines) + "\n"
     os.makedirs(RESULTS, exist_ok=True)
@@ -352,6 +356,41 @@ def update_readme(table, text, readme=os.path.join(REPO, "README.md")):
         f.write(s[:i] + "\n" + text + s[j:])
 
 
+def figure(table, run, stems, out, data_dir, save_root, width=256):
+    """One PNG with a row per test image: the image, the ground truth and the prediction
+    (each blended over the image with the experiment's palette), ``width`` px per panel."""
+    import numpy as np
+    from PIL import Image
+
+    from kseg.data.colors import overlay
+    from kseg.data.io import read_image, read_label
+
+    r = RECIPES[table]
+    exp = os.path.join(save_root, table, run)
+    with open(os.path.join(exp, "config.json")) as f:
+        cfg = json.load(f)
+    palette = np.asarray(cfg["palette"], np.uint8)
+    ds = os.path.join(data_dir, r["dataset"])
+    names = {os.path.splitext(f)[0]: f for f in os.listdir(os.path.join(ds, "test_image"))}
+    rows = []
+    for stem in stems:
+        if stem not in names:
+            raise ReproduceError(f"{stem!r} is not a test image of {ds}; choose from {', '.join(sorted(names)[:8])} ...")
+        img = read_image(os.path.join(ds, "test_image", names[stem]))
+        gt = read_label(os.path.join(ds, "test_label", stem + ".png"))
+        pred = read_label(os.path.join(exp, "test", "masks", stem + ".png"))
+        panels = [img, overlay(img, gt, palette, ignore_index=255), overlay(img, pred, palette)]
+        if cfg["n_classes"] == 2:  # binary: paint the foreground only, keep the image visible
+            panels[1] = np.where((gt == 1)[..., None], panels[1], img)
+            panels[2] = np.where((pred == 1)[..., None], panels[2], img)
+        h = round(img.shape[0] * width / img.shape[1])
+        rows.append(np.concatenate([np.asarray(Image.fromarray(p).resize((width, h), Image.BILINEAR))
+                                    for p in panels], axis=1))
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(out, optimize=True)
+    print(f"wrote {out} (image | ground truth | {run} prediction)")
+
+
 # --------------------------------------------------------------------------------------
 
 def build_parser():
@@ -367,6 +406,14 @@ def build_parser():
     ru.add_argument("--data_dir", default=os.path.join(REPO, "data"))
     ru.add_argument("--save_root", default=os.path.join(REPO, "weights", "reproduce"))
     ru.add_argument("--force", action="store_true", help="redo runs that already have results")
+    fi = sub.add_parser("figure", help="image | ground truth | prediction panels of test images")
+    fi.add_argument("table", choices=tuple(RECIPES))
+    fi.add_argument("run", help="a run of the table (model or loss name)")
+    fi.add_argument("stems", nargs="+", help="test image names without extension")
+    fi.add_argument("--output", required=True, help="PNG to write, e.g. docs/img/isbi_ce.png")
+    fi.add_argument("--width", type=int, default=256, help="pixels per panel")
+    fi.add_argument("--data_dir", default=os.path.join(REPO, "data"))
+    fi.add_argument("--save_root", default=os.path.join(REPO, "weights", "reproduce"))
     ta = sub.add_parser("table", help="write results/<table>.md from the logs")
     ta.add_argument("table", choices=tuple(RECIPES))
     ta.add_argument("--readme", action="store_true", help="also replace the table's block in README.md")
@@ -394,6 +441,9 @@ def main(argv=None):
         for n in names:
             run_one(args.table, n, args.data_dir, args.save_root, force=args.force)
         print(make_table(args.table))
+        return 0
+    if args.command == "figure":
+        figure(args.table, args.run, args.stems, args.output, args.data_dir, args.save_root, args.width)
         return 0
     text = make_table(args.table)
     if args.readme:

@@ -112,3 +112,28 @@ def test_table_reads_the_logs(R, tmp_path):
     assert rows[1].startswith("| `enet` | 0.900 | 0.650 | 0.500 | 0.667 |") and rows[1].endswith("| 6 |")
     assert "Not run yet:" in text and "`segnet`" in text
     assert (tmp_path / "results" / "horse-models.md").read_text().startswith("# Every model on weizmann-horse")
+
+
+def test_figure_panels_image_truth_prediction(R, tmp_path):
+    ds = tmp_path / "data" / "isbi"
+    img = np.full((20, 40, 3), 100, np.uint8)
+    gt = np.zeros((20, 40), np.uint8)
+    gt[:, 10] = 1
+    pred = np.zeros((20, 40), np.uint8)
+    pred[:, 30] = 1
+    _save(str(ds / "test_image" / "7.png"), img)
+    _save(str(ds / "test_label" / "7.png"), gt)
+    exp = tmp_path / "w" / "isbi-losses" / "ce"
+    _save(str(exp / "test" / "masks" / "7.png"), pred)
+    (exp / "config.json").write_text(json.dumps({"n_classes": 2, "palette": [[0, 0, 0], [255, 0, 0]]}))
+    out = tmp_path / "fig.png"
+    R.figure("isbi-losses", "ce", ["7"], str(out), str(tmp_path / "data"), str(tmp_path / "w"), width=40)
+    fig = np.asarray(Image.open(out))
+    assert fig.shape == (20, 120, 3)
+    assert (fig[:, :40] == 100).all()  # the image
+    # truth panel painted at column 10 only, prediction panel at column 30 only (binary:
+    # background left unpainted)
+    assert (fig[:, 40 + 10] != 100).any(axis=-1).all() and (fig[:, 40 + 30] == 100).all()
+    assert (fig[:, 80 + 30] != 100).any(axis=-1).all() and (fig[:, 80 + 10] == 100).all()
+    with pytest.raises(R.ReproduceError, match="not a test image"):
+        R.figure("isbi-losses", "ce", ["8"], str(out), str(tmp_path / "data"), str(tmp_path / "w"))
