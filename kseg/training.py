@@ -320,6 +320,20 @@ def prepare(args):
 def train(args):
     """Train according to parsed CLI ``args``; returns the experiment folder.
 
+    The Keras dtype policy chosen for the run (``--mixed_precision``) is global state;
+    it is restored when training ends or fails, so a caller's later models are unaffected.
+    See :func:`_train`.
+    """
+    previous = keras.mixed_precision.global_policy()
+    try:
+        return _train(args)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _train(args):
+    """Train according to parsed CLI ``args``; returns the experiment folder.
+
     Distribution (see :mod:`kseg.distribute`): ``--multi_gpus`` mirrors the model over
     all local GPUs (``--train_batch_size`` is per replica); a ``TF_CONFIG`` naming
     several workers trains on all of them, the chief writing the experiment folder.

@@ -180,3 +180,15 @@ def test_crop_training_end_to_end(tmp_path, tiny_dataset):
 def test_test_script_on_a_folder_without_experiment(tmp_path, capsys):
     code, _, err = _run("test", ["--weights_path", str(tmp_path)], capsys)
     _assert_one_line_error(code, err, str(tmp_path), "config.json")
+
+
+def test_train_restores_the_global_dtype_policy(tmp_path, tiny_dataset, capsys):
+    """train() sets the run's precision policy (auto may pick mixed_bfloat16) and must put
+    the caller's back, also when it fails on bad input."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+    code, _, _ = _run("train", _train_args(tmp_path, tiny_dataset, "--model_name", "nosuchmodel",
+                                           "--mixed_precision"), capsys)
+    assert code == 2
+    assert keras.mixed_precision.global_policy().name == "float32"
