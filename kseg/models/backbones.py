@@ -36,6 +36,7 @@ import urllib.error
 import keras
 
 from kseg.errors import InputShapeError, KsegError, unknown_name
+from kseg.models.layers import BN_MOMENTUM
 
 
 class EncoderWeightsError(KsegError, OSError):
@@ -214,7 +215,13 @@ def encoder_spec(name):
 
 
 def build_encoder(
-    name, input_tensor=None, input_shape=None, weights=None, output_stride=32, **kwargs
+    name,
+    input_tensor=None,
+    input_shape=None,
+    weights=None,
+    output_stride=32,
+    bn_momentum=BN_MOMENTUM,
+    **kwargs,
 ):
     """Build a ``keras.applications`` encoder and return it with its skip features.
 
@@ -231,6 +238,15 @@ def build_encoder(
             Pretrained weights need 3 input channels.
         output_stride: 32 (the network as published) or 16 (last downsampling
             replaced by dilation 2, for DeepLab; not available for ``"vgg16"``).
+        bn_momentum: momentum of every BatchNormalization layer of the encoder;
+            default kseg's own 0.9 (PyTorch's 0.1), as in all of kseg's layers.
+            ``keras.applications`` builds its BN layers with 0.99 (MobileNetV2:
+            0.999), meant for ImageNet-length training. The moving variance starts
+            at 1 while a randomly initialised first conv's true variance can be
+            ~0.005: with 0.99 the estimate is still 10x too large after 290 steps,
+            and with 0.999 after thousands; inference then predicts one class
+            while training-mode outputs are fine. ``None`` keeps the application's
+            own values.
         **kwargs: passed to the ``keras.applications`` function (e.g. ``alpha=0.5``
             for the MobileNets).
 
@@ -286,6 +302,10 @@ def build_encoder(
         source = _application(spec, source_input, weights, kwargs)
         encoder = _dilated_clone(source, input_tensor, spec.dilation, weights is not None)
 
+    if bn_momentum is not None:
+        for layer in encoder.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = float(bn_momentum)
     taps = {s: encoder.get_layer(n).output for s, n in spec.taps.items()}
     if output_stride == 16:
         del taps[32]
