@@ -82,10 +82,13 @@ def test_run_commands_follow_the_recipe(R, tmp_path):
     _, train, test = R.commands("dubai", "deeplabv3plus", "data", str(tmp_path / "w"))
     assert train[train.index("--model_name") + 1] == "deeplabv3plus" and "--train_crops" in train
     assert test[test.index("--mode") + 1] == "slide"
+    assert train[-2:] == ["--model_option", "backbone=mobilenetv2"]  # the run's own builder options
+    _, train, _ = R.commands("dubai", "unet", "data", str(tmp_path / "w"))
+    assert "backbone=mobilenetv2" not in train and "base_filters=32" in train
     assert set(R.run_names("isbi-losses")) >= {"ce", "dice", "lovasz", "f_tversky"} and len(R.LOSSES) == 14
 
 
-def _fake_run(root, table, run, ious, acc, times, params=1234567):
+def _fake_run(root, table, run, ious, acc, times, params=1234567, model_kwargs=None):
     d = os.path.join(root, table, run)
     os.makedirs(d)
     per_class = [{"id": i, "name": n, "iou": v, "dice": 2 * v / (1 + v)} for i, (n, v) in enumerate(ious)]
@@ -93,7 +96,8 @@ def _fake_run(root, table, run, ious, acc, times, params=1234567):
         json.dump({"n_classes": len(ious), "pixel_accuracy": acc, "mean_iou": float(np.mean([v for _, v in ious])),
                    "per_class": per_class}, f)
     with open(os.path.join(d, "config.json"), "w") as f:
-        json.dump({"model_name": run, "loss": "ce", "params": params, "dtype_policy": "float32"}, f)
+        json.dump({"model_name": run, "loss": "ce", "params": params, "dtype_policy": "float32",
+                   "model_kwargs": model_kwargs or {}}, f)
     with open(os.path.join(d, "history.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["epoch", "loss", "epoch_time_s"])
@@ -112,6 +116,17 @@ def test_table_reads_the_logs(R, tmp_path):
     assert rows[1].startswith("| `enet` | 0.900 | 0.650 | 0.500 | 0.667 |") and rows[1].endswith("| 6 |")
     assert "Not run yet:" in text and "`segnet`" in text
     assert (tmp_path / "results" / "horse-models.md").read_text().startswith("# Every model on weizmann-horse")
+
+
+def test_dubai_table_has_per_class_iou_and_model_options(R, tmp_path):
+    root = str(tmp_path / "results")
+    _fake_run(root, "dubai", "unet", [("Building", 0.5), ("Road", 0.25), ("Water", 0.75)], 0.8, [50, 52],
+              params=7_760_000, model_kwargs={"base_filters": 32})
+    text = R.make_table("dubai")
+    rows = [ln for ln in text.splitlines() if ln.startswith("| `")]
+    assert "| model | params | mIoU | pixel acc. | Building | Road | Water | s/epoch |" in text
+    assert rows == ["| `unet` (base_filters=32) | 7.76M | 0.500 | 0.800 | 0.500 | 0.250 | 0.750 | 52 |"]
+    assert "Not run yet: `deeplabv3plus`." in text
 
 
 def test_figure_panels_image_truth_prediction(R, tmp_path):
