@@ -394,7 +394,8 @@ def figure(table, run, stems, out, data_dir, save_root, width=256):
         rows.append(np.concatenate([np.asarray(Image.fromarray(p).resize((width, h), Image.BILINEAR))
                                     for p in panels], axis=1))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(out, optimize=True)
+    # a 256-colour palette keeps README figures small (about a third of the RGB size)
+    Image.fromarray(np.concatenate(rows, axis=0)).quantize(256).save(out, optimize=True)
     print(f"wrote {out} (image | ground truth | {run} prediction)")
 
 

@@ -143,7 +143,7 @@ def test_figure_panels_image_truth_prediction(R, tmp_path):
     (exp / "config.json").write_text(json.dumps({"n_classes": 2, "palette": [[0, 0, 0], [255, 0, 0]]}))
     out = tmp_path / "fig.png"
     R.figure("isbi-losses", "ce", ["7"], str(out), str(tmp_path / "data"), str(tmp_path / "w"), width=40)
-    fig = np.asarray(Image.open(out))
+    fig = np.asarray(Image.open(out).convert("RGB"))  # a palette PNG (small README figures)
     assert fig.shape == (20, 120, 3)
     assert (fig[:, :40] == 100).all()  # the image
     # truth panel painted at column 10 only, prediction panel at column 30 only (binary:
