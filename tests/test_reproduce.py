@@ -86,9 +86,15 @@ def test_run_commands_follow_the_recipe(R, tmp_path):
     _, train, _ = R.commands("dubai", "unet", "data", str(tmp_path / "w"))
     assert "backbone=mobilenetv2" not in train and "base_filters=32" in train
     assert set(R.run_names("isbi-losses")) >= {"ce", "dice", "lovasz", "f_tversky"} and len(R.LOSSES) == 14
+    # an off-recipe extra run: its model, and its options after the recipe's (argparse keeps the last)
+    assert "deeplab_v2-lr1e-4" in R.run_names("horse-models")
+    exp, train, _ = R.commands("horse-models", "deeplab_v2-lr1e-4", "data", str(tmp_path / "w"))
+    assert train[train.index("--model_name") + 1] == "deeplab_v2" and exp.endswith("deeplab_v2-lr1e-4")
+    lrs = [train[i + 1] for i, a in enumerate(train) if a == "--learning_rate"]
+    assert lrs == ["1e-3", "1e-4"]
 
 
-def _fake_run(root, table, run, ious, acc, times, params=1234567, model_kwargs=None):
+def _fake_run(root, table, run, ious, acc, times, params=1234567, model_kwargs=None, model_name=None):
     d = os.path.join(root, table, run)
     os.makedirs(d)
     per_class = [{"id": i, "name": n, "iou": v, "dice": 2 * v / (1 + v)} for i, (n, v) in enumerate(ious)]
@@ -96,7 +102,7 @@ def _fake_run(root, table, run, ious, acc, times, params=1234567, model_kwargs=N
         json.dump({"n_classes": len(ious), "pixel_accuracy": acc, "mean_iou": float(np.mean([v for _, v in ious])),
                    "per_class": per_class}, f)
     with open(os.path.join(d, "config.json"), "w") as f:
-        json.dump({"model_name": run, "loss": "ce", "params": params, "dtype_policy": "float32",
+        json.dump({"model_name": model_name or run, "loss": "ce", "params": params, "dtype_policy": "float32",
                    "model_kwargs": model_kwargs or {}}, f)
     with open(os.path.join(d, "history.csv"), "w", newline="") as f:
         w = csv.writer(f)
@@ -109,8 +115,11 @@ def test_table_reads_the_logs(R, tmp_path):
     root = str(tmp_path / "results")
     _fake_run(root, "horse-models", "unet", [("background", 0.9), ("horse", 0.7)], 0.95, [30, 10, 11])
     _fake_run(root, "horse-models", "enet", [("background", 0.8), ("horse", 0.5)], 0.9, [5, 4, 6, 100])
+    _fake_run(root, "horse-models", "deeplab_v2-lr1e-4", [("background", 0.6), ("horse", 0.2)], 0.7, [9],
+              model_name="deeplab_v2")
     text = R.make_table("horse-models")
     rows = [ln for ln in text.splitlines() if ln.startswith("| `")]
+    assert rows[2].startswith("| `deeplab_v2` (Adam 1e-4, off-recipe) | 0.700 | 0.400 | 0.200 |")
     # sorted by mIoU; mIoU (0.9+0.7)/2, foreground IoU and dice of class 1, median epoch time
     assert rows[0] == "| `unet` | 0.950 | 0.800 | 0.700 | 0.824 | 1.23M | 11 |"
     assert rows[1].startswith("| `enet` | 0.900 | 0.650 | 0.500 | 0.667 |") and rows[1].endswith("| 6 |")

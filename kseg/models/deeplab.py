@@ -52,7 +52,7 @@ def deeplab_v2(
           0.75, 0.5) is not built in; ``rates`` is exposed instead.
         * No ImageNet/COCO initialisation; ResNet-101 strides on the 3x3 conv
           (v1.5), starts each bottleneck's last BN at gamma = 0 (zero-init
-          residual), uses Keras BN (momentum 0.99) and trains its BN. VGG16 and the
+          residual), uses kseg's BN (Keras momentum 0.9) and trains its BN. VGG16 and the
           ASPP-L hidden layers use He-normal initialisation.
         * VGG16 is the default, as in the project this replaces; the paper's
           headline results use ``backbone="resnet101"``.

@@ -121,7 +121,7 @@ def hrnet(
     linear 1x1 classifier; the class scores are bilinearly resized to the input.
 
     Differences from the paper:
-        * BN uses Keras momentum 0.99 (PyTorch 0.01) and epsilon 1e-3; no
+        * BN uses Keras momentum 0.9 (PyTorch 0.1) and epsilon 1e-3; no
           ImageNet pretraining; the last BN of every residual block starts with
           gamma = 0 (zero-init residual, for training from scratch).
         * Strided convs use TensorFlow "same" padding (asymmetric for even sizes).

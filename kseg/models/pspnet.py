@@ -60,7 +60,7 @@ def pspnet(
           training from scratch; the paper starts from ImageNet weights).
         * Upsampling uses half-pixel bilinear resizing (``align_corners=False``);
           the Caffe model used ``align_corners=True`` with 8k+1 crops (473).
-        * BN uses Keras momentum 0.99 and epsilon 1e-3; there are no pretrained
+        * BN uses Keras momentum 0.9 and epsilon 1e-3; there are no pretrained
           weights (the backbone trains from scratch unless you load weights).
 
     Args:
