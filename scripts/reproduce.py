@@ -53,10 +53,10 @@ RECIPES = {
                   "--train_batch_size", "8", "--val_batch_size", "8"],
         "test": ["--mode", "resize"],
         "checkpoint": "best.keras",
-        # off-recipe runs, listed in the table with their label: deeplab_v2 (VGG16 without
-        # BatchNorm) diverges from scratch at Adam 1e-3; the same recipe at 1e-4
-        "extra_runs": {"deeplab_v2-lr1e-4": {"model": "deeplab_v2", "args": ["--learning_rate", "1e-4"],
-                                             "label": "Adam 1e-4, off-recipe"}},
+        # off-recipe runs (model and table label; their flags in run_args): deeplab_v2 (VGG16
+        # without BatchNorm) diverges from scratch at Adam 1e-3; the same recipe at 1e-4
+        "extra_runs": {"deeplab_v2-lr1e-4": {"model": "deeplab_v2", "label": "Adam 1e-4, off-recipe"}},
+        "run_args": {"deeplab_v2-lr1e-4": ["--learning_rate", "1e-4"]},
         "describe": "96x96 (images resized; predictions resized back and scored at each image's "
                     "original size), 10 epochs, batch 8, Adam 1e-3, cross-entropy, online augmentation "
                     "(scale 0.75-1.25, flip, crop), random initialisation (no pretrained encoders: no "
@@ -80,8 +80,8 @@ RECIPES = {
         "dataset": "dubai",
         "title": "Two models on Dubai aerial imagery (6 classes)",
         "runs": ("unet", "deeplabv3plus"),
-        # per-run builder options: a half-width U-Net and DeepLabV3+ on MobileNetV2 (the
-        # ResNet-50 default is ~4x slower per crop on this CPU)
+        # per-run flags, after the recipe's (argparse keeps the last): a half-width U-Net and
+        # DeepLabV3+ on MobileNetV2 (the ResNet-50 default is ~4x slower per crop on this CPU)
         "run_args": {"unet": ["--model_option", "base_filters=32"],
                      "deeplabv3plus": ["--model_option", "backbone=mobilenetv2"]},
         "loss": "ce",
@@ -224,14 +224,13 @@ def _extra(table, run):
 def commands(table, run, data_dir, save_root):
     """The train.py and test.py commands of one run."""
     r = RECIPES[table]
-    extra = _extra(table, run)
-    model = extra.get("model", r.get("model", run))
-    loss = extra.get("loss", r.get("loss", run))
+    model = _extra(table, run).get("model", r.get("model", run))
+    loss = r.get("loss", run)
     exp = os.path.join(save_root, table, run)
     train = [sys.executable, os.path.join(REPO, "scripts", "train.py"), "--dataset_name", r["dataset"],
              "--data_dir", data_dir, "--model_name", model, "--loss", loss, "--train_save_path",
              os.path.join(save_root, table), "--exp_name", run, *COMMON, *r["train"],
-             *r.get("run_args", {}).get(run, []), *extra.get("args", [])]
+             *r.get("run_args", {}).get(run, [])]
     if loss == "weighted_ce":
         train += ["--class_weights", "auto"]
     test = [sys.executable, os.path.join(REPO, "scripts", "test.py"), "--weights_path",
@@ -304,7 +303,8 @@ def _row(table, run):
     times = sorted(float(h["epoch_time_s"]) for h in hist if h.get("epoch_time_s"))
     per_class = rep["per_class"]
     opts = ", ".join(f"{k}={v}" for k, v in sorted((cfg.get("model_kwargs") or {}).items()))
-    row = {"run": run, "label": _extra(table, run).get("label"), "model": cfg["model_name"], "options": opts, "loss": cfg["loss"], "params": cfg.get("params"),
+    row = {"run": run, "label": _extra(table, run).get("label"), "model": cfg["model_name"], "options": opts,
+           "loss": cfg["loss"], "params": cfg.get("params"),
            "pixel_accuracy": rep["pixel_accuracy"], "mean_iou": rep["mean_iou"],
            "per_class": {c["name"]: c["iou"] for c in per_class}, "epochs": len(hist),
            "epoch_s": times[len(times) // 2] if times else None,
