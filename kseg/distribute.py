@@ -41,13 +41,12 @@ import tempfile
 
 import keras
 
+from kseg.errors import DistributeError  # noqa: F401 (defined in kseg.errors)
 from kseg.errors import KsegError
 
 ENV_CPU_DEVICES = "KSEG_DISTRIBUTE_CPU_DEVICES"
 
 
-class DistributeError(KsegError):
-    """The requested distribution cannot be set up (no GPUs, bad TF_CONFIG, ...)."""
 
 
 @dataclasses.dataclass

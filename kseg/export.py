@@ -38,6 +38,7 @@ import time
 
 import numpy as np
 
+from kseg.errors import ExportError  # noqa: F401 (defined in kseg.errors)
 from kseg.errors import KsegError
 
 INPUT_NAME = "image"
@@ -66,8 +67,6 @@ TOLERANCES = {
 ARGMAX_UNPOOL_TOLERANCE = (0.25, 5e-3)
 
 
-class ExportError(KsegError):
-    """An export that cannot be done or that fails its parity check."""
 
 
 # ------------------------------------------------------------------------------------------

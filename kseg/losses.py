@@ -65,9 +65,10 @@ import numpy as np
 import keras
 from keras import ops
 
+from kseg.errors import LossConfigError  # noqa: F401 (defined in kseg.errors)
 from kseg.errors import KsegError, unknown_name
 
-DEFAULT_IGNORE_INDEX = 255
+from kseg.config import IGNORE_INDEX as DEFAULT_IGNORE_INDEX  # noqa: E402,F401 (owned by kseg.config)
 LOG_FLOOR = 1e-7  # probabilities are clipped to [LOG_FLOOR, 1] inside logarithms
 
 __all__ = [
@@ -80,8 +81,6 @@ __all__ = [
 ]
 
 
-class LossConfigError(KsegError, ValueError):
-    """A loss asked for with options or inputs it cannot take."""
 
 
 # --------------------------------------------------------------------------------------

@@ -35,9 +35,10 @@ import numpy as np
 import keras
 from keras import ops
 
+from kseg.errors import MetricConfigError  # noqa: F401 (defined in kseg.errors)
 from kseg.errors import DataError, KsegError, unknown_name
 
-DEFAULT_IGNORE_INDEX = 255
+from kseg.config import IGNORE_INDEX as DEFAULT_IGNORE_INDEX, label_values  # noqa: E402,F401
 
 __all__ = [
     "ConfusionMatrixMetric",
@@ -52,13 +53,11 @@ __all__ = [
 ]
 
 
-class MetricConfigError(KsegError, ValueError):
-    """A metric asked for with arguments it cannot take."""
 
 
 def _matrix_size(n_classes):
     """Number of rows of the confusion matrix: 2 for a single sigmoid channel."""
-    return 2 if n_classes == 1 else n_classes
+    return label_values(n_classes)
 
 
 def _check_n_classes(n_classes, what):

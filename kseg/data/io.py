@@ -18,7 +18,7 @@ from kseg.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
-DEFAULT_IGNORE_INDEX = 255
+from kseg.config import IGNORE_INDEX as DEFAULT_IGNORE_INDEX  # noqa: E402,F401 (owned by kseg.config)
 
 
 def voc_palette(n=256):

@@ -17,13 +17,12 @@ Only ``keras`` and ``keras.ops`` are used, so everything runs on every Keras bac
 import keras
 from keras import layers, ops
 
+from kseg.errors import ModelConfigError  # noqa: F401 (defined in kseg.errors)
 from kseg.errors import InputShapeError, KsegError
 from kseg.models.layers import ResizeLike, bn, check_channels_last, conv_bn_act
 from kseg.models.registry import check_input_size
 
 
-class ModelConfigError(KsegError, ValueError):
-    """A builder option (width, depth, output stride, ...) the model cannot use."""
 
 
 def check_positive(model, option, value, integer=True, hint=""):

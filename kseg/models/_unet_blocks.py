@@ -21,6 +21,7 @@ import numbers
 
 from keras import layers
 
+from kseg.errors import ModelConfigError as ModelOptionError  # noqa: F401 (defined in kseg.errors)
 from kseg.errors import InputShapeError, KsegError, unknown_name
 from kseg.models import layers as L
 from kseg.models.registry import check_input_size
@@ -37,8 +38,6 @@ MIN_SIZE = DIVISOR
 RCL_INITIALIZER = "glorot_uniform"
 
 
-class ModelOptionError(KsegError, ValueError):
-    """A model-builder option with a value the model cannot use."""
 
 
 def check_builder_args(model, n_classes, input_shape, **positive_ints):

@@ -35,16 +35,13 @@ import urllib.error
 
 import keras
 
+from kseg.errors import EncoderWeightsError, EncoderConfigError  # noqa: F401 (defined in kseg.errors)
 from kseg.errors import InputShapeError, KsegError, unknown_name
 from kseg.models.layers import BN_MOMENTUM
 
 
-class EncoderWeightsError(KsegError, OSError):
-    """The ImageNet weights of an encoder could not be downloaded or read."""
 
 
-class EncoderConfigError(KsegError, ValueError):
-    """An encoder option that cannot work (weights argument, output stride, widths)."""
 
 
 @dataclasses.dataclass(frozen=True)

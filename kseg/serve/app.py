@@ -47,6 +47,7 @@ from collections import OrderedDict
 import numpy as np
 from PIL import Image, ImageOps
 
+from kseg.errors import UploadError  # noqa: F401 (defined in kseg.errors)
 from kseg.errors import KsegError
 
 try:
@@ -73,12 +74,6 @@ RESULT_FILES = {"original.jpg": "image/jpeg", "mask.png": "image/png", "overlay.
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")  # secrets.token_urlsafe(16)
 
 
-class UploadError(KsegError):
-    """A bad upload; ``status`` is the HTTP status of the JSON error (400 or 413)."""
-
-    def __init__(self, message, status=400):
-        super().__init__(message)
-        self.status = status
 
 
 # ---------------------------------------------------------------------------------- decoding
