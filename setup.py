@@ -31,5 +31,6 @@ setup(
         "tensorboard",
     ],
     extras_require=EXTRAS,
+    entry_points={"console_scripts": ["kseg = kseg.cli:main"]},
     license="MIT",
 )

@@ -1,58 +1,11 @@
-#!/usr/bin/env python
 """Check a kseg dataset folder and report what would break or skew training.
 
-    python scripts/check_dataset.py data/<name> [--n_classes N] [--json]
-
-Reports pairing problems, unreadable files, image/label size mismatches, the label
-values found (0/255 binary masks, RGB masks, values >= n_classes), per-class pixel and
-image frequencies, median-frequency class weights and duplicate images across splits.
-Exit status: 0 = no errors (warnings allowed), 1 = errors found, 2 = bad arguments.
+A shim kept for the historical command line; the command is kseg.cli.doctor
+(also ``kseg doctor ...`` and ``python -m kseg doctor ...``).
 """
 
-import argparse
-import json
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from kseg.cli import run_main  # noqa: E402
-from kseg.data.doctor import check_dataset  # noqa: E402
-from kseg.data.io import atomic_path  # noqa: E402
-
-
-def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("dataset", nargs="?", help="dataset folder, e.g. data/labelme_demo")
-    p.add_argument("--dataset_name", help="alternative to the positional path: <data_dir>/<dataset_name>")
-    p.add_argument("--data_dir", default="data", help="parent folder for --dataset_name (default: data)")
-    p.add_argument("--n_classes", type=int, default=None, help="number of classes (default: from classes.txt)")
-    p.add_argument("--ignore_index", type=int, default=None, help="ignore value (default: dataset.json or 255)")
-    p.add_argument("--weights_split", default="train", help="split used for the class weights (default train)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
-    p.add_argument("--output", help="also write the JSON report to this file")
-    return p
-
-
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.dataset and not args.dataset_name:
-        parser.error("give the dataset folder (or --dataset_name)")
-    root = args.dataset or os.path.join(args.data_dir, args.dataset_name)
-    report = check_dataset(root, n_classes=args.n_classes, ignore_index=args.ignore_index,
-                           weights_split=args.weights_split)
-    payload = report.to_dict()
-    if args.json:
-        print(json.dumps(payload, indent=2))
-    else:
-        print(report.format_text())
-    if args.output:
-        with atomic_path(args.output) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(payload, f, indent=2)
-    return 0 if report.ok else 1
-
+from kseg.cli.common import run_main
+from kseg.cli.doctor import build_parser, main  # noqa: F401 (importable by old callers)
 
 if __name__ == "__main__":
     run_main(main)

@@ -1,28 +1,11 @@
-"""Train a segmentation model: python scripts/train.py --model_name unet --loss dice"""
+"""Train a segmentation model: python scripts/train.py --model_name unet --loss dice
 
-import os
-import sys
+A shim kept for the historical command line; the command is kseg.cli.train
+(also ``kseg train ...`` and ``python -m kseg train ...``).
+"""
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from kseg import cli  # noqa: E402
-
-
-def build_parser():
-    p = cli.make_parser(__doc__)
-    cli.add_model_args(p)
-    cli.add_data_args(p)
-    cli.add_train_args(p)
-    return p
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    from kseg.training import train
-
-    train(args)
-    return 0
-
+from kseg.cli.common import run_main
+from kseg.cli.train import build_parser, main  # noqa: F401 (importable by old callers)
 
 if __name__ == "__main__":
-    cli.run_main(main)
+    run_main(main)

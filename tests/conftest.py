@@ -21,6 +21,26 @@ def shared_dataset(name):
     return path
 
 
+def command(name):
+    """The command module ``kseg.cli.<name>`` (``train``, ``test``, ``export``, ... or an alias)."""
+    from kseg.cli import command_module
+
+    return command_module(name)
+
+
+def run_command(name, argv, capsys):
+    """Run ``kseg <name> argv`` in-process as the console script does.
+
+    Returns ``(exit status, stdout, stderr)``; user errors are one ``error: ...`` line and status 2.
+    """
+    from kseg.cli.common import run_main
+
+    with pytest.raises(SystemExit) as e:
+        run_main(command(name).main, list(argv), prog=f"kseg {name}")
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A small copy of the built-in shapes dataset: 16 train, 4 val, 4 test images."""

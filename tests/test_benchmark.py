@@ -269,14 +269,8 @@ def test_benchmark_script_end_to_end(tmp_path, tiny_dataset):
 
 
 def test_benchmark_unknown_model_is_a_one_line_error(capsys):
-    import importlib.util
+    from conftest import run_command
 
-    from kseg import cli
-
-    spec = importlib.util.spec_from_file_location("kseg_bench_script", os.path.join(REPO, "scripts", "benchmark.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    with pytest.raises(SystemExit) as e:
-        cli.run_main(mod.main, ["--model_name", "unet_v9"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1 and "unet_v9" in err[0]
+    code, _, err = run_command("benchmark", ["--model_name", "unet_v9"], capsys)
+    err = err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "unet_v9" in err[0]

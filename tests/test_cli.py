@@ -2,7 +2,6 @@
 gives a one-line error and a non-zero exit."""
 
 import csv
-import importlib.util
 import json
 import os
 import shutil
@@ -10,29 +9,20 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
+from conftest import command, run_command
 from kseg.data.io import read_image, read_label, write_label
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"kseg_script_{name}", os.path.join(REPO, "scripts", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return command(name)
 
 
 def _run(name, argv, capsys):
-    """Run a script's main in-process through cli.run_main; return (exit code, stdout, stderr)."""
-    from kseg import cli
-
-    mod = _script(name)
-    with pytest.raises(SystemExit) as e:
-        cli.run_main(mod.main, argv)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+    """Run a command's main in-process as the console script does; return (exit code, stdout, stderr)."""
+    return run_command(name, argv, capsys)
 
 
 def _copy_dataset(src, dst):

@@ -10,7 +10,6 @@ and three subprocesses); up to 2-3x more when the machine is shared.
 """
 
 import glob
-import importlib.util
 import json
 import os
 import shutil
@@ -35,10 +34,9 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
 
 
 def _load_script(name):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", os.path.join(REPO, "scripts", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from kseg.cli import command_module
+
+    return command_module(name)
 
 
 @pytest.fixture

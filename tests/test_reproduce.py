@@ -2,7 +2,6 @@
 the results table, on small generated stand-ins for the shared datasets."""
 
 import csv
-import importlib.util
 import json
 import os
 
@@ -17,9 +16,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture()
 def R(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("reproduce", os.path.join(REPO, "scripts", "reproduce.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from kseg.cli import reproduce as mod
+
     monkeypatch.setattr(mod, "RESULTS", str(tmp_path / "results"))
     return mod
 

@@ -6,7 +6,6 @@ probability 1), so the statistics are known by hand; a few use the tiny_experime
 check the real loading path.
 """
 
-import importlib.util
 import io
 import os
 import socket
@@ -480,10 +479,9 @@ def test_real_experiment_end_to_end(tiny_experiment, tiny_dataset):
 
 # ------------------------------------------------------------------------------ the script
 def _load_script():
-    spec = importlib.util.spec_from_file_location("kseg_serve_script", os.path.join(REPO, "scripts", "serve.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from kseg.cli import serve
+
+    return serve
 
 
 def test_script_defaults_and_errors(tiny_experiment, tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
-"""Shared command-line pieces: every script composes its parser from these.
+"""Shared command-line pieces: every command composes its parser from these.
 
-Scripts call :func:`run_main`, which turns a :class:`kseg.errors.KsegError`
+Commands call :func:`run_main`, which turns a :class:`kseg.errors.KsegError`
 into a one-line ``error: ...`` message on stderr and exit status 2.
 """
 
@@ -9,9 +9,11 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from kseg.errors import KsegError  # noqa: E402
+
+#: The source checkout kseg runs from (the maintainers' tools -- reproduce, benchmark --
+#: read and write results/ and README.md there).
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adadelta")
 
@@ -23,8 +25,34 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def make_parser(description):
-    return _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+#: Program name shown in usage and error lines; ``kseg <command>`` when run through the
+#: console script, else argparse's default (the script's file name).
+_PROG = None
+
+
+def prefer_backend(name, force=False):
+    """Choose the Keras backend for this command, if Keras is not imported yet.
+
+    Commands that run no model (evaluate, visualize) prefer the light ``numpy``
+    backend; export needs ``tensorflow`` (``force`` overrides an inherited
+    ``KERAS_BACKEND``). Called at the start of ``main``, never at import, so
+    importing a command module changes nothing for its caller.
+    """
+    if "keras" in sys.modules:
+        return
+    if force:
+        os.environ["KERAS_BACKEND"] = name
+    else:
+        os.environ.setdefault("KERAS_BACKEND", name)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option; the epilog (examples) printed as written."""
+
+
+def make_parser(description, epilog=None):
+    """The parser of a command: one-line errors, exit status 2, defaults in ``--help``."""
+    return _Parser(description=description, epilog=epilog, prog=_PROG, formatter_class=_Formatter)
 
 
 def positive_int(v):
@@ -138,8 +166,11 @@ def add_train_args(p):
     return g
 
 
-def run_main(main, argv=None):
+def run_main(main, argv=None, prog=None):
     """Run ``main(argv)``; user errors become a one-line message and exit status 2."""
+    global _PROG
+    _PROG = prog
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines
     try:
         rc = main(argv)
     except KsegError as e:
