@@ -41,8 +41,7 @@ import tempfile
 
 import keras
 
-from kseg.errors import DistributeError  # noqa: F401 (defined in kseg.errors)
-from kseg.errors import KsegError
+from kseg.errors import DistributeError
 
 ENV_CPU_DEVICES = "KSEG_DISTRIBUTE_CPU_DEVICES"
 
@@ -413,64 +412,23 @@ def prepare_model_for(model, dist):
     ``strategy.reduce("MEAN", batch)``; ``MultiWorkerMirroredStrategy`` cannot reduce
     a nested ``(images, labels)`` batch, so ``fit`` fails with "Attempt to convert a
     value (PerReplica...) to a Tensor" (keras-team/keras#20585,
-    tensorflow/tensorflow#72388). Only shapes and dtypes are needed there, so for
-    multi-worker runs the build uses this worker's first local replica batch instead.
-    The same Keras version reduces the per-step logs (scalars) of a multi-worker run
-    with ``strategy.reduce("MEAN", v, axis=0)``, which fails on a scalar; see
-    :func:`_patch_multi_worker_log_reduction`. Nothing changes for other
-    distributions or when Keras lacks these hooks.
+    tensorflow/tensorflow#72388). For multi-worker runs the model's build uses this
+    worker's first local replica batch instead (:func:`kseg.compat.multi_worker_symbolic_build`).
+    Nothing changes for other distributions or when Keras lacks these hooks.
     """
-    if dist.kind != "multi_worker" or not hasattr(model, "_maybe_symbolic_build"):
+    if dist.kind != "multi_worker":
         return model
-    import types
+    from kseg.compat import multi_worker_symbolic_build
 
-    import tensorflow as tf
-
-    strategy = dist.strategy
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if iterator is not None:
-            for _, _, it in iterator:
-                batch = next(it)
-                data_batch = keras.tree.map_structure(
-                    lambda v: strategy.experimental_local_results(v)[0]
-                    if isinstance(v, tf.distribute.DistributedValues) else v,
-                    batch,
-                )
-                break
-        with strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
-
-    model._maybe_symbolic_build = types.MethodType(_maybe_symbolic_build, model)
-    _patch_multi_worker_log_reduction()
-    return model
+    return multi_worker_symbolic_build(model, dist.strategy)
 
 
-def _patch_multi_worker_log_reduction():
-    """Make Keras reduce scalar step logs across workers with ``axis=None``.
+def fit_context(dist):
+    """The context ``model.fit`` runs in under ``dist``: for multi-worker runs Keras must
+    reduce scalar step logs with ``axis=None`` (:func:`kseg.compat.multi_worker_log_reduction`);
+    nothing for the other distributions."""
+    if dist.kind != "multi_worker":
+        return contextlib.nullcontext()
+    from kseg.compat import multi_worker_log_reduction
 
-    Only multi-worker (``MultiWorkerMirroredStrategy``) reductions of rank-0 values
-    change; everything else goes to Keras's own ``reduce_per_replica``.
-    """
-    try:
-        from keras.src.backend.tensorflow import trainer as tf_trainer
-    except ImportError:
-        return
-    original = getattr(tf_trainer, "reduce_per_replica", None)
-    is_multi = getattr(tf_trainer, "_collective_all_reduce_multi_worker", None)
-    if original is None or is_multi is None or getattr(original, "_kseg_patched", False):
-        return
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and is_multi(strategy):
-            def _reduce(v):
-                local = strategy.experimental_local_results(v)
-                if local and len(getattr(local[0], "shape", ())) == 0:
-                    return strategy.reduce("MEAN", v, axis=None)
-                return original(v, strategy, reduction)
-
-            return keras.tree.map_structure(_reduce, values)
-        return original(values, strategy, reduction)
-
-    reduce_per_replica._kseg_patched = True
-    tf_trainer.reduce_per_replica = reduce_per_replica
+    return multi_worker_log_reduction()

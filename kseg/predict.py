@@ -1,8 +1,8 @@
-"""Prediction at original resolution, shared by scripts/test.py, export parity checks and the web demo.
+"""Prediction at original resolution, shared by scripts/test.py and the web demo.
 
-A :class:`Predictor` wraps a "run" function (a Keras model, or an ONNX / TFLite
-session) that maps a float32 batch ``(B, h, w, 3)`` to probabilities
-``(B, h, w, C)``, plus the experiment's preprocessing (``image_init``,
+A :class:`Predictor` wraps a "run" function (a Keras model, or an ONNX / TFLite /
+SavedModel session; see :mod:`kseg.runtime`) that maps a float32 batch
+``(B, h, w, 3)`` to probabilities ``(B, h, w, C)``, plus the experiment's preprocessing (``image_init``,
 ``resize_op``, input size), and turns any RGB image into class probabilities
 and a mask at the image's own size:
 
@@ -19,13 +19,17 @@ and a mask at the image's own size:
 
 Preprocessing follows the training pipeline (``kseg.data.pipeline``): the image
 is normalised first, then resized / letterboxed / padded, and padding is 0 in
-normalised space (the value training pads with). ``flip=True`` adds
+normalised space (the value training pads with); :func:`network_input` is that
+step for ``resize`` mode, also used by the export's parity check. ``flip=True`` adds
 horizontal-flip test-time augmentation (the probabilities of the image and of its
 mirror image are averaged).
 
 A run function may carry an ``input_size`` attribute ``(h, w)`` when the model only
 accepts that size (``None`` or absent: any size allowed by the model's divisor);
 ``whole`` mode is then refused and the slide tile must be that size.
+
+:func:`predict_folder` predicts, writes, times and evaluates a folder of images
+(``scripts/test.py``); :class:`StageTimer` and :func:`timing_summary` time it.
 """
 
 import contextlib
@@ -36,8 +40,9 @@ from collections import defaultdict
 import numpy as np
 
 from kseg.data.io import read_image
-from kseg.data.preprocess import check_image_init, check_resize_op, normalize, resize_image, restore_size
+from kseg.data.preprocess import check_image_init, check_resize_op, network_input, normalize, restore_size
 from kseg.errors import KsegError
+from kseg.runtime import keras_runner, runtime_runner  # noqa: F401 (keras_runner: importable from here too)
 
 MODES = ("resize", "slide", "whole")
 DEFAULT_DIVISOR = 32
@@ -83,6 +88,34 @@ class StageTimer:
 
     def snapshot(self):
         return {s: float(self.seconds.get(s, 0.0)) for s in self.STAGES}
+
+
+def timing_summary(per_image, n_warmup=1):
+    """Median / p90 / mean per stage (milliseconds) and throughput from per-image stage seconds.
+
+    ``per_image``: one dict per image with the :attr:`StageTimer.STAGES` seconds and their ``total``.
+    """
+    out = {"images": len(per_image), "warmup_images": n_warmup, "unit": "ms"}
+    for s in StageTimer.STAGES + ("total",):
+        v = np.array([t[s] for t in per_image], np.float64) * 1000.0
+        out[s] = {"median": float(np.median(v)), "p90": float(np.percentile(v, 90)), "mean": float(v.mean())}
+    total = sum(t["total"] for t in per_image)
+    model = sum(t["model"] for t in per_image)
+    out["images_per_second"] = len(per_image) / total if total > 0 else None
+    out["model_images_per_second"] = len(per_image) / model if model > 0 else None
+    return out
+
+
+def format_timing(t):
+    """The table printed for a :func:`timing_summary`."""
+    lines = [f"timing over {t['images']} image(s) (after {t['warmup_images']} warm-up), per image:",
+             f"{'stage':<12} {'median ms':>10} {'p90 ms':>10}"]
+    for s in StageTimer.STAGES + ("total",):
+        lines.append(f"{s:<12} {t[s]['median']:>10.1f} {t[s]['p90']:>10.1f}")
+    ips, mips = t["images_per_second"], t["model_images_per_second"]
+    lines.append(f"throughput: {ips:.2f} images/s end to end (without writing outputs); "
+                 f"model alone {mips:.2f} images/s" if ips and mips else "throughput: -")
+    return "\n".join(lines)
 
 
 class Predictor:
@@ -179,7 +212,7 @@ class Predictor:
         Args:
             weights_path: ``weights/<exp>`` or a ``.keras`` file beside its ``config.json``.
             backend: ``"keras"`` or an exported runtime (``onnx``, ``tflite``,
-                ``savedmodel``; provided by :mod:`kseg.export`).
+                ``savedmodel``; files written by :mod:`kseg.export`, run by :mod:`kseg.runtime`).
             model_file: the model file to load instead of the experiment's default.
             **kwargs: :class:`Predictor` options (``mode``, ``tile``, ``stride``, ``flip``,
                 ``batch_size``).
@@ -190,10 +223,6 @@ class Predictor:
         if backend == "keras":
             run = keras_runner(model_file or keras_file)
         else:
-            try:
-                from kseg.export import runtime_runner
-            except ImportError:
-                raise KsegError(f"--backend {backend} needs the export module; install kseg[export]") from None
             run = runtime_runner(backend, folder, model_file, config)
         p = cls(run, config, **kwargs)
         p.folder = folder
@@ -283,8 +312,7 @@ class Predictor:
         for i in range(0, len(images), self.batch_size):
             chunk = images[i : i + self.batch_size]
             with self._stage("preprocess"):
-                x = np.stack([resize_image(normalize(im, self.image_init), self.size, self.resize_op)
-                              for im in chunk])
+                x = np.stack([network_input(im, self.size, self.image_init, self.resize_op) for im in chunk])
             probs = self._forward(x)
             with self._stage("postprocess"):
                 out += [restore_size(p, im.shape[:2], self.resize_op) for p, im in zip(probs, chunk)]
@@ -333,32 +361,88 @@ class Predictor:
             return acc[:h, :w] if (H, W) != (h, w) else acc
 
 
-def keras_runner(model_file):
-    """A run function for a saved ``.keras`` model (loaded without its optimizer).
+def predict_folder(predictor, test_dir, output=None, *, label_dir=None, overlays=True, timing=False,
+                   batch_size=None):
+    """Predict every image of ``test_dir`` at its own size; write, time and evaluate the masks.
 
-    The model runs through ``predict_on_batch`` (the backend's compiled predict
-    step). The returned function has attributes ``model`` and ``input_size``
-    (``(h, w)`` when the model was built for one size, else ``None``).
+    Args:
+        predictor: a :class:`Predictor` (its ``config`` gives class names, palette, ignore value).
+        test_dir: folder of images.
+        output: folder receiving ``masks/<stem>.png`` (palette PNGs of class indices),
+            ``overlays/<stem>.png`` (with ``overlays``), ``report.json`` + ``confusion_matrix.png``
+            (with ``label_dir``) and ``timing.json`` (with ``timing``); ``None``: nothing is
+            written and the masks are returned.
+        label_dir: labels paired with the images by file stem; the masks are evaluated against them.
+        overlays: also write colour overlays (image blended with the mask, legend of class names).
+        timing: per-image latency of preprocessing (with reading), model and postprocessing,
+            one image at a time after one unmeasured warm-up image.
+        batch_size: images per forward pass (default: the predictor's; 1 in slide mode and when timing).
+
+    Returns:
+        A dict: ``images`` (count), ``seconds`` (the loop, reading and writing included),
+        ``masks_dir``, ``masks`` (``{stem: mask}`` when ``output`` is ``None``), ``timing``
+        (:func:`timing_summary`), ``report`` (evaluation) and ``report_text`` (its table).
     """
-    import keras
+    from kseg.data.io import IMAGE_EXTENSIONS, list_files, pair_by_stem, voc_palette
+    from kseg.errors import DataError
+    from kseg.evaluation import Evaluator, save_prediction  # imports keras: after the cheap checks
+    from kseg.experiment import write_json
 
-    import kseg.losses  # noqa: F401  (registers custom objects)
-    import kseg.metrics  # noqa: F401
-    import kseg.models  # noqa: F401
-
-    if not os.path.isfile(model_file):
-        raise KsegError(f"model file {model_file} does not exist")
+    cfg = predictor.config
+    if label_dir is not None:
+        items = pair_by_stem(test_dir, label_dir)
+    else:
+        items = [(p, None) for p in list_files(test_dir, IMAGE_EXTENSIONS)]
+        if not items:
+            raise DataError(f"no images found in {test_dir}")
+    n = max(int(cfg["n_classes"]), 2)
+    names = list(cfg.get("class_names") or [])[:n]
+    names += [f"class_{i}" for i in range(len(names), n)]
+    palette = cfg.get("palette") or voc_palette(n).tolist()
+    ev = Evaluator(cfg["n_classes"], cfg.get("ignore_index", 255), names)
+    timer, per_image, kept = (StageTimer() if timing else None), [], ({} if output is None else None)
+    if timer is not None and items:  # warm-up: compile / load kernels, not measured
+        predictor.predict(read_image(items[0][0]))
+        predictor.timer = timer
+    bs = 1 if (predictor.mode == "slide" or timing) else int(batch_size or predictor.batch_size)
+    t0 = time.perf_counter()
     try:
-        model = keras.saving.load_model(model_file, compile=False)
-    except Exception as e:
-        raise KsegError(
-            f"cannot load {model_file} ({type(e).__name__}: {str(e)[:200]}); is it a kseg .keras file?"
-        ) from None
-
-    def run(batch):
-        return np.asarray(model.predict_on_batch(batch))
-
-    run.model = model
-    shape = tuple(model.input_shape)
-    run.input_size = tuple(shape[1:3]) if shape[1] is not None and shape[2] is not None else None
-    return run
+        for i in range(0, len(items), bs):
+            chunk = items[i : i + bs]
+            if timer is not None:
+                timer.reset()
+            with predictor._stage("preprocess"):
+                images = [read_image(p) for p, _ in chunk]
+            masks = predictor.predict_batch(images)
+            if timer is not None:
+                t = timer.snapshot()
+                per_image.append({**t, "total": sum(t.values())})
+            for (img_path, lab_path), image, mask in zip(chunk, images, masks):
+                stem = os.path.splitext(os.path.basename(img_path))[0]
+                if output is None:
+                    kept[stem] = mask
+                else:
+                    save_prediction(output, stem, image, mask, palette, names, overlays=overlays)
+                if lab_path:
+                    ev.update_file(lab_path, mask, pred_name=img_path)
+    finally:
+        seconds = time.perf_counter() - t0
+        if timer is not None:
+            predictor.timer = None
+    summary = timing_summary(per_image) if per_image else None
+    result = {"images": len(items), "seconds": seconds, "masks": kept, "timing": summary,
+              "masks_dir": output and os.path.join(output, "masks"), "report": None, "report_text": None}
+    if summary is not None and output is not None:
+        write_json(os.path.join(output, "timing.json"), summary)
+    if label_dir is not None:
+        folder = getattr(predictor, "folder", None)
+        extra = {"experiment": os.path.abspath(folder)} if folder else {}
+        extra.update({"test_dir": os.path.abspath(test_dir), "mode": predictor.mode, "flip": predictor.flip})
+        if predictor.mode == "slide":
+            extra.update(tile=list(predictor.tile), stride=list(predictor.stride))
+        if summary is not None:
+            extra["timing"] = summary
+        result["report"] = (ev.write(output, extra=extra) if output is not None
+                            else {**ev.report(), **extra, "confusion_matrix": ev.cm.tolist()})
+        result["report_text"] = ev.text()
+    return result

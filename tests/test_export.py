@@ -1,5 +1,6 @@
-"""Tests of kseg/export.py and scripts/export.py: ONNX / SavedModel / TFLite export, parity check,
-atomic writes, the runtime runners used by scripts/test.py --backend, and the latency benchmark.
+"""Tests of kseg/export/ and scripts/export.py: ONNX / SavedModel / TFLite export, parity check and its
+inputs (the predictor's own preprocessing), atomic writes, the runtime runners (kseg/runtime.py) used by
+scripts/test.py --backend, the Keras patches of kseg/compat.py, and the latency benchmark.
 
 Every exported output is compared with the Keras model's own output (computed here), the parity
 numbers with hand-computed values. The end-to-end test runs scripts/test.py with --backend onnx and
@@ -85,6 +86,90 @@ def test_parity_check_numbers_by_hand():
                              lambda x: np.array([[[[0.4], [0.25]]]], np.float32), images, atol=1, max_mismatch=1)
     assert r1["argmax_mismatch_ratio"] == 0.5 and r1["max_abs_diff"] == pytest.approx(0.2, abs=1e-6)
     assert export.TOLERANCES["int8"][0] > export.TOLERANCES["float16"][0] > export.TOLERANCES["float32"][0]
+
+
+# ------------------------------------------------------------------ parity / calibration inputs
+
+
+@pytest.mark.parametrize("image_init, resize_op", [("divide", 1), ("sub_and_divide", 2), ("sub_mean", 2),
+                                                   ("sub_mean", 1)])
+def test_parity_and_calibration_inputs_are_what_the_predictor_feeds(tmp_path, image_init, resize_op):
+    """The export checks (and int8-calibrates) a model on exactly the inputs prediction gives it:
+    normalised first, then resized / letterboxed with 0 padding in normalised space."""
+    from kseg.data.io import write_image
+    from kseg.predict import Predictor
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    shapes = {"a.png": (37, 101), "b.png": (90, 45), "c.jpg": (32, 48)}
+    for name, (h, w) in shapes.items():
+        write_image(str(folder / name), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    config = {"model_name": "unet", "n_classes": 4, "input_height": 32, "input_width": 48,
+              "image_init": image_init, "resize_op": resize_op}
+    fed = []
+
+    def run(batch):
+        fed.append(np.array(batch, copy=True))
+        return np.full(batch.shape[:3] + (4,), 0.25, np.float32)
+
+    predictor = Predictor(run, config, mode="resize", batch_size=1)
+    for name in sorted(shapes):
+        predictor.predict_file(str(folder / name))
+    fed = np.concatenate(fed)
+    assert fed.shape == (3, 32, 48, 3) and fed.dtype == np.float32
+
+    calib = export.calibration_images(str(folder), config, (32, 48))
+    sample = export.sample_images(config, (32, 48), n=3, image_dirs=[str(folder)])
+    assert calib.dtype == sample.dtype == np.float32
+    np.testing.assert_array_equal(calib, fed)  # bit for bit
+    np.testing.assert_array_equal(sample, fed)
+    if resize_op == 2:  # a.png (37x101) letterboxed into 32x48: 18 rows of image, 7 rows of 0 above it
+        assert np.all(calib[0, :7] == 0) and np.all(calib[0, -7:] == 0) and np.any(calib[0, 7:25] != 0)
+
+
+# ------------------------------------------------------------------ Keras patches (kseg.compat)
+
+
+def test_compat_patches_exist_only_inside_their_context():
+    import tf2onnx.graph
+    import tf2onnx.tfonnx
+    from keras import ops as public_ops
+    from keras.src import ops as src_ops
+    from keras.src.backend.tensorflow import numpy as tfnp
+
+    from kseg import compat
+
+    def state():
+        return {"argmax": tfnp.argmax, "argmin": tfnp.argmin, "src_resize": src_ops.image.resize,
+                "public_resize": public_ops.image.resize,
+                "fold": tf2onnx.tfonnx.rewrite_constant_fold,
+                "value_attr": tf2onnx.graph.Node.__dict__["get_value_attr"],
+                "np_object": "object" in vars(np)}
+
+    before = state()
+    with compat.export_friendly_ops():
+        inside = state()
+        assert all(inside[k] is not before[k] for k in ("argmax", "argmin", "src_resize", "public_resize"))
+        assert inside["fold"] is before["fold"]  # the other patch is not applied
+        # the traced argmax is a plain tf.argmax (no signbit), also with keepdims
+        x = np.array([[0.1, 0.7, 0.2], [0.5, 0.1, 0.4]], np.float32)
+        np.testing.assert_array_equal(np.asarray(tfnp.argmax(x, axis=-1)), [1, 0])
+        assert tuple(tfnp.argmax(x, axis=1, keepdims=True).shape) == (2, 1)
+    assert state() == before
+
+    with compat.tf2onnx_numpy2():
+        inside = state()
+        assert inside["fold"] is not before["fold"] and inside["value_attr"] is not before["value_attr"]
+        assert inside["np_object"] and np.object is object
+        assert inside["argmax"] is before["argmax"]
+    assert state() == before
+
+    # restored also when the block raises, and when the contexts are nested
+    with pytest.raises(RuntimeError, match="boom"):
+        with compat.tf2onnx_numpy2(), compat.export_friendly_ops():
+            assert tfnp.argmax is not before["argmax"] and "object" in vars(np)
+            raise RuntimeError("boom")
+    assert state() == before
 
 
 # ------------------------------------------------------------------ ONNX
@@ -199,7 +284,7 @@ def test_onnx_resize_handler_matches_tensorflow_at_every_ratio(tmp_path):
         return {"nearest": tf.image.resize(x, size, method="nearest"),
                 "bilinear": tf.image.resize(x, size, method="bilinear")}
 
-    handlers = {op: (export._onnx_resize_handler, []) for op in ("ResizeBilinear", "ResizeNearestNeighbor")}
+    handlers = {op: (export.onnx_resize_handler, []) for op in ("ResizeBilinear", "ResizeNearestNeighbor")}
     proto, _ = tf2onnx.convert.from_function(fn, input_signature=specs, opset=17, custom_op_handlers=handlers)
     assert not any(n.op_type == "Resize" and any(a.s == b"tf_half_pixel_for_nn" for a in n.attribute)
                    for n in proto.graph.node)
@@ -290,7 +375,7 @@ def test_failed_parity_leaves_no_file(exp, monkeypatch, capsys):
 
         return run
 
-    monkeypatch.setattr(export, "make_runner", broken_runner)
+    monkeypatch.setattr(export.core, "make_runner", broken_runner)  # the runner of the parity check
     with pytest.raises(ExportError, match=r"^parity \(float32.*FAILED; .*model.onnx was not written"):
         export.export_model(exp, "onnx")
     assert open(good, "rb").read() == before  # the previous export is untouched
@@ -358,7 +443,7 @@ def test_mixed_precision_model_exports_as_float32(tmp_path):
     finally:
         keras.config.set_dtype_policy("float32")
     assert mixed.layers[1].compute_dtype == "bfloat16"
-    f32 = export._as_float32(mixed)
+    f32 = export.as_float32(mixed)
     assert all(layer.compute_dtype == "float32" for layer in f32.layers)
     for a, b in zip(mixed.weights, f32.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())

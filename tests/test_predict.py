@@ -1,4 +1,5 @@
-"""Predictor: resize / letterbox round trip, sliding window vs whole image, flip TTA, batching."""
+"""Predictor: resize / letterbox round trip, sliding window vs whole image, flip TTA, batching;
+predict_folder and the timing summary behind scripts/test.py."""
 
 import time
 import tracemalloc
@@ -8,7 +9,9 @@ import numpy as np
 import pytest
 
 from kseg.errors import ExperimentError, KsegError
-from kseg.predict import Predictor, StageTimer, keras_runner
+from kseg.data.preprocess import network_input
+from kseg.predict import Predictor, StageTimer, format_timing, predict_folder, timing_summary
+from kseg.runtime import keras_runner
 
 # a fixed per-pixel "model": probabilities = softmax(W @ rgb + b) -- fully convolutional with a
 # receptive field of one pixel, so every prediction mode must give exactly the same scores
@@ -307,6 +310,110 @@ def test_stage_timer_attributes_time_to_the_model():
     assert t["model"] >= 4 * 0.02
     assert t["preprocess"] > 0 and t["postprocess"] > 0
     assert t["preprocess"] + t["postprocess"] < t["model"]
+
+
+def test_timing_summary_and_its_table():
+    per_image = [{"preprocess": 0.001 * i, "model": 0.01 * i, "postprocess": 0.002 * i} for i in (1, 2, 3, 4)]
+    for t in per_image:
+        t["total"] = sum(t.values())
+    s = timing_summary(per_image)
+    assert (s["images"], s["warmup_images"], s["unit"]) == (4, 1, "ms")
+    assert s["model"]["median"] == pytest.approx(25.0) and s["model"]["mean"] == pytest.approx(25.0)
+    assert s["model"]["p90"] == pytest.approx(37.0)  # numpy's linear percentile of 10, 20, 30, 40
+    assert s["total"]["median"] == pytest.approx(32.5)
+    assert s["images_per_second"] == pytest.approx(4 / 0.13) and s["model_images_per_second"] == pytest.approx(40)
+    table = format_timing(s).splitlines()
+    assert table[0] == "timing over 4 image(s) (after 1 warm-up), per image:"
+    assert table[1].split() == ["stage", "median", "ms", "p90", "ms"]
+    assert table[3].split() == ["model", "25.0", "37.0"]
+    assert table[-1].startswith("throughput: 30.77 images/s end to end") and "model alone 40.00 images/s" in table[-1]
+
+
+# ---------------------------------------------------------------------------------- the one preprocessing step
+def test_network_input_normalises_before_resizing():
+    img = np.random.default_rng(3).integers(0, 256, (20, 50, 3), dtype=np.uint8)
+    x = network_input(img, (32, 32), "sub_mean", 2)
+    assert x.dtype == np.float32 and x.shape == (32, 32, 3)
+    # letterbox of 20x50 into 32x32: 13 rows of image (rows 9..21), 0 (normalised space) elsewhere
+    np.testing.assert_array_equal(x[:9], 0.0)
+    np.testing.assert_array_equal(x[22:], 0.0)
+    # equal to what the predictor feeds its model in resize mode
+    rec = Recorder(lambda b: np.full(b.shape[:3] + (2,), 0.5, np.float32))
+    seen = []
+    rec.inner = lambda b: (seen.append(b.copy()), np.full(b.shape[:3] + (2,), 0.5, np.float32))[1]
+    Predictor(rec, cfg(n_classes=2, image_init="sub_mean", resize_op=2)).predict(img)
+    np.testing.assert_array_equal(seen[0][0], x)
+
+
+# ---------------------------------------------------------------------------------- folders
+def _image_folder(tmp_path, shapes, seed=0):
+    from kseg.data.io import write_image, write_label
+
+    rng = np.random.default_rng(seed)
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    for i, (h, w) in enumerate(shapes):
+        write_image(str(images / f"im{i}.png"), smooth_image(rng, h, w))
+        write_label(str(labels / f"im{i}.png"), rng.integers(0, 4, (h, w)).astype(np.uint8))
+    return str(images), str(labels)
+
+
+def test_predict_folder_writes_masks_report_and_timing(tmp_path):
+    import json
+    import os
+
+    from kseg.data.io import read_image, read_label
+    from kseg.metrics import confusion_matrix
+
+    images, labels = _image_folder(tmp_path, [(40, 50), (32, 32), (70, 20)])
+    rec = Recorder(pixel_run)
+    p = Predictor(rec, cfg(class_names=["a", "b", "c", "d"]), batch_size=2)
+    out = str(tmp_path / "out")
+    res = predict_folder(p, images, out, label_dir=labels, overlays=False)
+    assert res["images"] == 3 and res["seconds"] > 0 and res["masks_dir"] == os.path.join(out, "masks")
+    assert rec.shapes == [(2, 32, 32, 3), (1, 32, 32, 3)]  # images batched by the predictor's batch size
+    assert res["timing"] is None and not os.path.exists(os.path.join(out, "timing.json"))
+    assert sorted(os.listdir(out)) == ["confusion_matrix.png", "masks", "report.json"]
+    cm = np.zeros((4, 4), np.int64)
+    for i in range(3):
+        mask = read_label(os.path.join(out, "masks", f"im{i}.png"))
+        np.testing.assert_array_equal(mask, p.predict(read_image(os.path.join(images, f"im{i}.png"))))
+        cm += confusion_matrix(read_label(os.path.join(labels, f"im{i}.png")), mask, 4, 255)
+    with open(os.path.join(out, "report.json")) as f:
+        rep = json.load(f)
+    assert rep["confusion_matrix"] == cm.tolist() == res["report"]["confusion_matrix"]
+    assert rep["mode"] == "resize" and rep["flip"] is False and rep["test_dir"] == os.path.abspath(images)
+    assert "experiment" not in rep  # a predictor not made from an experiment folder
+    assert [c["name"] for c in rep["per_class"]] == ["a", "b", "c", "d"] and "mean IoU" in res["report_text"]
+
+    # timing: one image at a time after a warm-up image; the predictor is left without the timer
+    rec.shapes.clear()
+    res = predict_folder(p, images, out, timing=True)
+    assert rec.shapes == [(1, 32, 32, 3)] * 4 and p.timer is None
+    assert res["timing"]["images"] == 3 and res["report"] is None and res["report_text"] is None
+    with open(os.path.join(out, "timing.json")) as f:
+        assert json.load(f) == res["timing"]
+
+
+def test_predict_folder_without_output_returns_the_masks(tmp_path):
+    import os
+
+    from kseg.data.io import read_image
+    from kseg.errors import DataError
+
+    images, labels = _image_folder(tmp_path, [(33, 47), (64, 20)], seed=1)
+    p = Predictor(pixel_run, cfg(), mode="slide", stride=(16, 16), batch_size=8)
+    res = predict_folder(p, images, label_dir=labels)
+    assert sorted(res["masks"]) == ["im0", "im1"] and res["masks_dir"] is None
+    for stem, mask in res["masks"].items():
+        image = read_image(os.path.join(images, f"{stem}.png"))
+        assert mask.shape == image.shape[:2]
+        np.testing.assert_array_equal(mask, p.predict(image))
+    assert res["report"]["images"] == 2 and res["report"]["tile"] == [32, 32] and res["report"]["stride"] == [16, 16]
+    assert sorted(os.listdir(tmp_path)) == ["images", "labels"]  # nothing written
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        predict_folder(p, str(empty))
 
 
 # ---------------------------------------------------------------------------------- experiments

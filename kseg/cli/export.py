@@ -15,8 +15,7 @@ written only after the parity check against the Keras model passes.
 
 from kseg.cli import common as cli
 from kseg.errors import ExperimentError
-
-FORMATS = ("onnx", "savedmodel", "tflite")
+from kseg.runtime import FORMATS
 
 
 def non_negative_float(v):

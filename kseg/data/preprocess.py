@@ -10,6 +10,7 @@ ignore (label) canvas.
 import cv2
 import numpy as np
 
+from kseg.config import IGNORE_INDEX
 from kseg.errors import UnknownNameError
 
 IMAGENET_MEAN_RGB = np.array([123.675, 116.28, 103.53], np.float32)
@@ -43,6 +44,24 @@ def normalize(image, image_init):
     raise UnknownNameError(f"unknown image_init {image_init!r}; valid: {', '.join(IMAGE_INITS)}")
 
 
+def network_input(image, size, image_init="divide", resize_op=1):
+    """One RGB uint8 image -> the float32 ``(h, w, 3)`` network input of ``size=(h, w)``.
+
+    The image is normalised (``image_init``) first and then resized (``resize_op``
+    1) or letterboxed (2), so letterbox padding is 0 in normalised space -- the
+    order and padding of the training pipeline. The predictor's ``resize`` mode
+    and the export's parity-check and int8-calibration images all come from here.
+    """
+    return resize_image(normalize(image, image_init), tuple(size), int(resize_op))
+
+
+def config_input(image, config, size=None):
+    """:func:`network_input` with the ``image_init`` / ``resize_op`` (and size) of an experiment config."""
+    size = size or (int(config["input_height"]), int(config["input_width"]))
+    return network_input(image, size, check_image_init(config.get("image_init", "divide")),
+                         check_resize_op(config.get("resize_op", 1)))
+
+
 def letterbox_params(h, w, out_h, out_w):
     """Scale and placement of an ``h x w`` image letterboxed into ``out_h x out_w``.
 
@@ -66,7 +85,7 @@ def resize_image(image, size, resize_op=1, pad_value=0):
     return canvas
 
 
-def resize_label(label, size, resize_op=1, ignore_index=255):
+def resize_label(label, size, resize_op=1, ignore_index=IGNORE_INDEX):
     """Resize a label with nearest neighbour (op 1) or letterbox it padding with ``ignore_index``."""
     out_h, out_w = size
     h, w = label.shape[:2]

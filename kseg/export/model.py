@@ -1,0 +1,89 @@
+"""The Keras model to export: loading, the TensorFlow-backend requirement, float32, the input shape."""
+
+from kseg.errors import ExportError
+
+
+def require_tensorflow_backend():
+    """Raise unless Keras runs on TensorFlow (the export engine)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise ExportError(
+            f"exporting needs the TensorFlow Keras backend (current: {keras.backend.backend()}); "
+            "run with KERAS_BACKEND=tensorflow"
+        )
+
+
+def load_experiment(weights_path):
+    """Load ``(model, folder, config)`` from an experiment folder or a ``.keras`` file."""
+    from kseg.experiment import resolve_weights
+    from kseg.runtime import keras_runner
+
+    folder, keras_file, config = resolve_weights(weights_path)  # fails fast, before TensorFlow loads
+    require_tensorflow_backend()
+    model = keras_runner(keras_file).model
+    return model, folder, config
+
+
+def as_float32(model):
+    """The model itself, or a float32 copy when it was trained with mixed precision.
+
+    Exported graphs (and tf2onnx) want float32 compute; the variables of a
+    mixed-precision model are float32 already, so the copy has the same weights.
+    """
+    if all(getattr(layer, "compute_dtype", "float32") == "float32" for layer in model.layers):
+        return model
+
+    def fix(obj):
+        if isinstance(obj, dict):
+            if obj.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(obj.get("config"), dict):
+                return {**obj, "config": {**obj["config"], "name": "float32"}}
+            return {k: fix(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [fix(v) for v in obj]
+        if isinstance(obj, str) and obj.startswith("mixed_"):
+            return "float32"
+        return obj
+
+    clone = model.__class__.from_config(fix(model.get_config()))
+    clone.set_weights(model.get_weights())
+    if not all(getattr(layer, "compute_dtype", "float32") == "float32" for layer in clone.layers):
+        raise ExportError(f"model {model.name} could not be converted to float32 for export")
+    return clone
+
+
+def input_shape_for_export(model, config, dynamic_batch=True, dynamic_size=False):
+    """The ``(batch, height, width, channels)`` of the exported input (``None`` = dynamic)."""
+    _, mh, mw, ch = model.input_shape
+    if dynamic_size:
+        if mh is not None or mw is not None:
+            raise ExportError(
+                f"model {model.name} was built for fixed {mh}x{mw} inputs, so --dynamic_size is not "
+                "possible; export without --dynamic_size (the predictor's resize/slide modes still work)"
+            )
+        h = w = None
+    else:
+        h = mh if mh is not None else int(config["input_height"])
+        w = mw if mw is not None else int(config["input_width"])
+    return (None if dynamic_batch else 1, h, w, ch or 3)
+
+
+def model_divisor(config):
+    """The registry's size divisor of the config's model (32 when unknown)."""
+    try:
+        from kseg.models import model_spec
+
+        return max(1, model_spec(config["model_name"]).divisor)
+    except Exception:
+        return 32
+
+
+def uses_argmax_unpooling(model):
+    """True when a (nested) layer is ``MaxPoolingWithArgmax2D`` (SegNet, ENet)."""
+    stack = list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop()
+        if type(layer).__name__ == "MaxPoolingWithArgmax2D":
+            return True
+        stack.extend(getattr(layer, "layers", []))
+    return False
