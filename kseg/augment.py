@@ -34,8 +34,8 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from kseg.config import IGNORE_INDEX as DEFAULT_IGNORE_INDEX
 from kseg.data.io import (
-    DEFAULT_IGNORE_INDEX,
     atomic_path,
     pair_by_stem,
     read_image,

@@ -1,12 +1,14 @@
 """Evaluation at original resolution: masks, overlays, the confusion-matrix report and its image.
 
-* :func:`colorize`, :func:`overlay`, :func:`add_legend`, :func:`save_prediction`:
-  what ``scripts/test.py`` and the web demo write for a predicted mask.
+* :func:`save_prediction`: what ``scripts/test.py`` writes for a predicted mask
+  (the mask and its :func:`kseg.data.palette.overlay`; ``colorize``, ``overlay``,
+  ``add_legend`` and ``legend_strip`` are that module's, importable from here too).
 * :class:`Evaluator`: accumulates the confusion matrix of predicted masks against
   label files and writes ``report.json`` (scores of :func:`kseg.metrics.segmentation_report`)
   and ``confusion_matrix.png`` (:func:`confusion_matrix_image`).
 * :func:`pair_masks`, :func:`evaluate_folders`: the same report from two folders of
   index masks (``scripts/evaluate.py``), so results of any tool can be compared.
+* :func:`parse_class_names`: ``--class_names`` (a list, a class file or a dataset folder).
 * :func:`dataset_panel`: image | coloured label | overlay, to check a dataset
   (``scripts/visualize.py``).
 
@@ -19,99 +21,24 @@ import os
 import cv2
 import numpy as np
 
-from kseg.data.io import LABEL_EXTENSIONS, atomic_path, list_files, read_label, voc_palette, write_image, write_label
+from kseg.config import IGNORE_INDEX, label_values
+from kseg.data.io import atomic_path, list_files, read_label, write_image, write_label
+from kseg.data.layout import CLASSES_TXT, DATASET_JSON, LABEL_EXTENSIONS, read_class_file, read_class_files
+from kseg.data.palette import (  # noqa: F401 (add_legend, legend_strip re-exported)
+    FONT,
+    IGNORE_COLOR,
+    add_legend,
+    colorize,
+    legend_entries,
+    legend_strip,
+    overlay,
+)
 from kseg.errors import DataError, KsegError
 from kseg.metrics import confusion_matrix, format_report, segmentation_report
 
-IGNORE_COLOR = (224, 224, 192)  # the VOC "void" colour
 CM_LOW = (255, 255, 255)  # confusion-matrix colour of a 0 row fraction ...
 CM_HIGH = (8, 48, 107)  # ... and of 1 (linear in between)
 CM_EMPTY = (200, 200, 200)  # rows of classes without ground truth
-FONT = cv2.FONT_HERSHEY_SIMPLEX
-
-
-def _palette_lut(palette):
-    pal = np.zeros((256, 3), np.uint8)
-    if palette is not None:
-        p = np.asarray(palette, np.uint8).reshape(-1, 3)[:256]
-        pal[: len(p)] = p
-    return pal
-
-
-def colorize(mask, palette, ignore_index=None, ignore_color=IGNORE_COLOR):
-    """Index mask -> RGB image with ``palette`` (values beyond it are black).
-
-    Args:
-        mask: 2-D integer array of class indices.
-        palette: ``(n, 3)`` colours of classes ``0..n-1``.
-        ignore_index: optional label value painted with ``ignore_color``.
-    """
-    lut = _palette_lut(palette)
-    if ignore_index is not None and 0 <= int(ignore_index) < 256:
-        lut[int(ignore_index)] = ignore_color
-    m = np.asarray(mask)
-    out = lut[np.clip(m, 0, 255).astype(np.uint8)]
-    if m.size and m.max() > 255:  # beyond any 8-bit palette
-        out[m > 255] = 0
-    return out
-
-
-def overlay(image, mask, palette, class_names=None, alpha=0.5, legend=True, ignore_index=None):
-    """Blend ``image`` with the coloured ``mask`` and add a legend naming the classes present.
-
-    Pixels of class 0 (background) are left as they are; every other pixel becomes
-    ``(1 - alpha) * image + alpha * colour``. With ``legend`` and ``class_names`` a
-    white strip below the image names each class present (and ``ignore`` when
-    ``ignore_index`` pixels are present), so the result is ``(H + strip, W, 3)``;
-    without, it is ``(H, W, 3)``.
-    """
-    color = colorize(mask, palette, ignore_index)
-    out = image.astype(np.float32)
-    fg = np.asarray(mask) > 0
-    out[fg] = (1 - alpha) * out[fg] + alpha * color[fg]
-    out = np.clip(np.round(out), 0, 255).astype(np.uint8)
-    if legend and class_names is not None:
-        present = sorted(set(np.unique(mask).tolist()))
-        items = [(c, str(class_names[c])) for c in present if 0 <= c < len(class_names)]
-        lut = _palette_lut(palette)
-        entries = [(tuple(int(v) for v in lut[c]), f"{c} {name}") for c, name in items]
-        if ignore_index is not None and ignore_index in present:
-            entries.append((IGNORE_COLOR, f"{ignore_index} ignore"))
-        out = np.concatenate([out, legend_strip(entries, out.shape[1])], axis=0)
-    return out
-
-
-def add_legend(image, class_ids, palette, class_names):
-    """Append a strip below ``image`` with a colour swatch and name per class id."""
-    lut = _palette_lut(palette)
-    entries = [(tuple(int(v) for v in lut[c]), f"{c} {class_names[c]}")
-               for c in class_ids if 0 <= c < len(class_names)]
-    return np.concatenate([image, legend_strip(entries, image.shape[1])], axis=0)
-
-
-def legend_strip(entries, width):
-    """A white ``(h, width, 3)`` strip of ``(colour, text)`` swatches, wrapped into rows."""
-    scale = float(np.clip(width / 1400, 0.35, 1.2))  # grows with the image so it stays legible
-    thick = 2 if scale >= 0.9 else 1
-    th = cv2.getTextSize("Ag", FONT, scale, thick)[0][1]
-    row_h = th + 10
-    sw = row_h - 6  # swatch side
-    x, rows = 4, [[]]
-    for color, text in entries:
-        tw = cv2.getTextSize(text, FONT, scale, thick)[0][0] + sw + 12
-        if x + tw > width and rows[-1]:
-            rows.append([])
-            x = 4
-        rows[-1].append((color, text, x))
-        x += tw
-    strip = np.full((row_h * len(rows) + 4, width, 3), 255, np.uint8)
-    for r, row in enumerate(rows):
-        y = 2 + r * row_h
-        for color, text, x0 in row:
-            cv2.rectangle(strip, (x0, y + 3), (x0 + sw, y + 3 + sw), tuple(int(v) for v in color), -1)
-            cv2.rectangle(strip, (x0, y + 3), (x0 + sw, y + 3 + sw), (0, 0, 0), 1)
-            cv2.putText(strip, text, (x0 + sw + 4, y + 3 + sw - 1), FONT, scale, (0, 0, 0), thick, cv2.LINE_AA)
-    return strip
 
 
 def save_prediction(out_dir, stem, image, mask, palette, class_names, overlays=True):
@@ -247,8 +174,8 @@ class Evaluator:
         class_names: names for the report and the confusion-matrix image.
     """
 
-    def __init__(self, n_classes, ignore_index=255, class_names=None):
-        self.n = max(int(n_classes), 2)
+    def __init__(self, n_classes, ignore_index=IGNORE_INDEX, class_names=None):
+        self.n = label_values(n_classes)
         self.n_classes = int(n_classes)
         self.ignore_index = ignore_index
         if class_names is not None and len(class_names) != self.n:
@@ -334,7 +261,7 @@ def pair_masks(pred_dir, gt_dir):
     return [(pred[s], gt[s]) for s in sorted(pred)]
 
 
-def evaluate_folders(pred_dir, gt_dir, n_classes, ignore_index=255, class_names=None):
+def evaluate_folders(pred_dir, gt_dir, n_classes, ignore_index=IGNORE_INDEX, class_names=None):
     """Confusion matrix of every predicted mask in ``pred_dir`` against ``gt_dir`` (by stem).
 
     Returns the filled :class:`Evaluator`.
@@ -351,32 +278,21 @@ def evaluate_folders(pred_dir, gt_dir, n_classes, ignore_index=255, class_names=
 
 def parse_class_names(spec):
     """Class names from ``--class_names``: a ``classes.txt`` / ``dataset.json`` file, a
-    dataset folder holding one, or a comma-separated list."""
+    dataset folder holding one, or a comma-separated list.
+
+    Files are read by :mod:`kseg.data.layout` (the one class-list rule: a first
+    ``__ignore__`` line is the ignore value, not a class).
+    """
     if spec is None:
         return None
     spec = str(spec)
-    path = spec
     if os.path.isdir(spec):
-        for name in ("dataset.json", "classes.txt"):
-            if os.path.isfile(os.path.join(spec, name)):
-                path = os.path.join(spec, name)
-                break
-        else:
-            raise DataError(f"--class_names {spec} is a folder without dataset.json or classes.txt")
-    if os.path.isfile(path):
-        if path.endswith(".json"):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    meta = json.load(f)
-            except ValueError as e:
-                raise DataError(f"{path} is not valid JSON ({e})") from None
-            names = meta.get("classes") if isinstance(meta, dict) else meta
-            if not isinstance(names, list):
-                raise DataError(f"{path} has no 'classes' list")
-            return [str(n["name"] if isinstance(n, dict) and "name" in n else n) for n in names]
-        with open(path, encoding="utf-8") as f:
-            names = [ln.strip() for ln in f if ln.strip()]
-        return [n for n in names if n != "__ignore__"]
+        names = read_class_files(spec).classes
+        if names is None:
+            raise DataError(f"--class_names {spec} is a folder without {DATASET_JSON} or {CLASSES_TXT}")
+        return names
+    if os.path.isfile(spec):
+        return read_class_file(spec)
     return [n.strip() for n in spec.split(",")]
 
 
@@ -389,37 +305,27 @@ def _fit(image, max_side, interp):
     return cv2.resize(image, (w, h), interpolation=interp)
 
 
-def dataset_panel(image, label, palette, class_names=None, ignore_index=255, alpha=0.5, max_side=None,
+def dataset_panel(image, label, palette, class_names=None, ignore_index=IGNORE_INDEX, alpha=0.5, max_side=None,
                   gap=4):
     """``image | coloured label | overlay`` side by side with a legend below.
 
-    Ignored pixels (``ignore_index``) are drawn in :data:`IGNORE_COLOR`; values
-    without a palette entry use the VOC colour map. ``max_side`` shrinks large
-    images (labels with nearest neighbour) before drawing.
+    Colours as everywhere (:mod:`kseg.data.palette`): ignored pixels
+    (``ignore_index``) in :data:`IGNORE_COLOR`, values without a palette entry in
+    their VOC colour; the overlay colours every class, class 0 included.
+    ``max_side`` shrinks large images (labels with nearest neighbour) before drawing.
     """
     label = np.asarray(label)
     if label.shape != image.shape[:2]:
         raise DataError(
             f"label is {label.shape[1]}x{label.shape[0]} but the image is {image.shape[1]}x{image.shape[0]}"
         )
-    if label.size and label.max() > 255:
+    if label.size and label.max() > np.iinfo(np.uint8).max:
         raise DataError(f"label values up to {int(label.max())} cannot be drawn (at most 255)")
-    n = len(palette) if palette is not None else 0
-    pal = voc_palette(256)
-    if n:
-        pal[: min(n, 256)] = np.asarray(palette, np.uint8).reshape(-1, 3)[:256]
     image = _fit(image, max_side, cv2.INTER_AREA)
     label = _fit(label.astype(np.uint8), max_side, cv2.INTER_NEAREST)
-    color = colorize(label, pal, ignore_index)
-    ov = overlay(image, label, pal, alpha=alpha, legend=False, ignore_index=ignore_index)
+    color = colorize(label, palette, ignore_index)
+    ov = overlay(image, label, palette, alpha=alpha, legend=False, ignore_index=ignore_index)
     sep = np.full((image.shape[0], gap, 3), 255, np.uint8)
     panel = np.concatenate([image, sep, color, sep, ov], axis=1)
-    present = sorted(set(np.unique(label).tolist()))
-    entries = []
-    for c in present:
-        if ignore_index is not None and c == ignore_index:
-            entries.append((IGNORE_COLOR, f"{c} ignore"))
-        else:
-            name = class_names[c] if class_names is not None and c < len(class_names) else "?"
-            entries.append((tuple(int(v) for v in pal[c]), f"{c} {name}"))
+    entries = legend_entries(np.unique(label).tolist(), palette, class_names, ignore_index)
     return np.concatenate([panel, legend_strip(entries, panel.shape[1])], axis=0)

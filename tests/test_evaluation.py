@@ -7,15 +7,13 @@ import numpy as np
 import pytest
 
 from kseg.data.io import write_label
+from kseg.data.palette import IGNORE_COLOR, colorize, overlay, voc_palette
 from kseg.errors import DataError, KsegError
 from kseg.evaluation import (
-    IGNORE_COLOR,
     Evaluator,
-    colorize,
     confusion_matrix_image,
     dataset_panel,
     evaluate_folders,
-    overlay,
     pair_masks,
     parse_class_names,
     save_prediction,
@@ -29,19 +27,20 @@ def test_colorize_uses_the_palette_and_marks_ignore():
     out = colorize(mask, PAL)
     assert out.shape == (2, 3, 3) and out.dtype == np.uint8
     assert out[0].tolist() == [[0, 0, 0], [200, 0, 0], [0, 100, 50]]
-    assert out[1, 0].tolist() == [0, 0, 0] and out[1, 1].tolist() == [0, 0, 0]  # no palette entry: black
+    # no palette entry: the VOC colour of the value (255's is the VOC void colour)
+    assert out[1, 0].tolist() == voc_palette()[7].tolist() and out[1, 1].tolist() == list(IGNORE_COLOR)
     out = colorize(mask, PAL, ignore_index=255)
     assert out[1, 1].tolist() == list(IGNORE_COLOR)
 
 
-def test_overlay_blends_foreground_only_and_adds_a_legend_below():
+def test_overlay_blends_every_class_and_adds_a_legend_below():
     img = np.full((20, 30, 3), 100, np.uint8)
     mask = np.zeros((20, 30), np.uint8)
     mask[5:10, 5:10] = 1
     mask[12:, 20:] = 2
     plain = overlay(img, mask, PAL, legend=False)
     assert plain.shape == (20, 30, 3)
-    assert (plain[mask == 0] == 100).all()
+    assert (plain[mask == 0] == 50).all()  # class 0 is coloured too: 0.5 * 100 + 0.5 * (0, 0, 0)
     assert plain[6, 6].tolist() == [150, 50, 50]  # 0.5 * 100 + 0.5 * (200, 0, 0)
     assert plain[15, 25].tolist() == [50, 100, 75]  # 0.5 * 100 + 0.5 * (0, 100, 50)
     with_legend = overlay(img, mask, PAL, ["bg", "red", "green"])
@@ -202,7 +201,8 @@ def test_dataset_panel_layout_and_ignore_colour():
     assert colour[3, 3].tolist() == [200, 0, 0] and colour[0, 0].tolist() == [0, 0, 0]
     assert colour[9, 5].tolist() == list(IGNORE_COLOR)
     ov = panel[:10, 32:44]
-    assert ov[3, 3].tolist() == [130, 30, 30] and ov[0, 0].tolist() == [60, 60, 60]
+    assert ov[3, 3].tolist() == [130, 30, 30] and ov[0, 0].tolist() == [30, 30, 30]  # class 0 blended too
+    assert ov[9, 5].tolist() == [round(0.5 * 60 + 0.5 * c) for c in IGNORE_COLOR]
     with pytest.raises(DataError, match="12x10"):
         dataset_panel(img, lab[:5], PAL)
 

@@ -16,7 +16,7 @@ import argparse
 
 from kseg.cli.common import make_parser, run_main
 from kseg.augment import OPERATIONS, augment_folder
-from kseg.data.io import DEFAULT_IGNORE_INDEX
+from kseg.config import IGNORE_INDEX as DEFAULT_IGNORE_INDEX
 
 
 class _AppendOperation(argparse.Action):

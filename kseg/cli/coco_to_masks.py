@@ -19,8 +19,8 @@ import sys
 
 from kseg.cli.common import make_parser, run_main
 from kseg.data.coco import CATEGORY_MODES, CROWD_MODES, OVERLAP_MODES, convert_coco
-from kseg.data.doctor import parse_split
-from kseg.data.io import DEFAULT_IGNORE_INDEX
+from kseg.config import IGNORE_INDEX
+from kseg.data.layout import parse_split
 
 
 def build_parser():
@@ -38,7 +38,7 @@ def build_parser():
                    help="train [val [test]] fractions when --subset is not given")
     p.add_argument("--seed", type=int, default=0, help="seed of the split")
     p.add_argument("--skip_missing", action="store_true", help="skip images whose file is missing")
-    p.add_argument("--ignore_index", type=int, default=DEFAULT_IGNORE_INDEX)
+    p.add_argument("--ignore_index", type=int, default=IGNORE_INDEX)
     p.add_argument("--overwrite", action="store_true", help="replace existing split folders / class list")
     return p
 

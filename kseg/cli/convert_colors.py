@@ -12,7 +12,7 @@
     # print a table
     python scripts/convert_colors.py table --table voc
 
---table is a named palette (voc, camvid, camvid11) or a JSON/CSV/TXT file; see
+--table is a named palette (voc, camvid, camvid11, dubai, binary) or a JSON/CSV/TXT file; see
 README.md (Dataset tools). Colours not in the table become the ignore value (255) and are
 reported with their pixel counts.
 """
@@ -22,18 +22,19 @@ import sys
 
 
 from kseg.cli.common import make_parser, run_main
+from kseg.config import IGNORE_INDEX
+from kseg.data.color_tables import color_hex, load_class_table
 from kseg.data.colors import (
-    color_hex,
     convert_color_dataset,
     convert_color_folder,
     format_unknown,
     index_folder_to_colors,
-    load_class_table,
     parse_value_map,
     remap_folder,
 )
-from kseg.data.doctor import parse_split
 from kseg.data.io import atomic_path
+from kseg.data.layout import parse_split
+from kseg.data.stats import BINARY_FOREGROUND
 
 
 def build_parser():
@@ -43,7 +44,8 @@ def build_parser():
     def common(sp, table_required=True):
         sp.add_argument("--table", required=table_required,
                         help="class->colour table: voc, camvid, camvid11, or a .json/.csv/.txt file")
-        sp.add_argument("--ignore_index", type=int, default=None, help="value for ignored/unknown colours (255)")
+        sp.add_argument("--ignore_index", type=int, default=None,
+                        help=f"value for ignored/unknown colours ({IGNORE_INDEX})")
         sp.add_argument("--overwrite", action="store_true", help="replace existing output")
 
     d = sub.add_parser("dataset", help="build data/<name>/{train,val,test}_{image,label} from images + colour masks")
@@ -93,7 +95,7 @@ def main(argv=None):
     if args.command == "remap":
         mapping = parse_value_map(args.map)
         if args.binary_255_to_1:
-            mapping[255] = 1
+            mapping[BINARY_FOREGROUND] = 1
         out = remap_folder(args.input, args.output, mapping, overwrite=args.overwrite)
         changed = ", ".join(f"{k}->{mapping[k]}: {n} px" for k, n in out["changed_pixels"].items())
         print(f"wrote {out['files']} label(s) to {args.output} ({changed})")

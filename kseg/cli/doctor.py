@@ -4,7 +4,8 @@
 
 Reports pairing problems, unreadable files, image/label size mismatches, the label
 values found (0/255 binary masks, RGB masks, values >= n_classes), per-class pixel and
-image frequencies, median-frequency class weights and duplicate images across splits.
+image frequencies, the class weights training's --class_weights auto (median frequency)
+and enet would use, and duplicate images across splits.
 Exit status: 0 = no errors (warnings allowed), 1 = errors found, 2 = bad arguments.
 """
 
@@ -13,6 +14,7 @@ import os
 
 
 from kseg.cli.common import make_parser, run_main
+from kseg.config import IGNORE_INDEX
 from kseg.data.doctor import check_dataset
 from kseg.data.io import atomic_path
 
@@ -23,7 +25,8 @@ def build_parser():
     p.add_argument("--dataset_name", help="alternative to the positional path: <data_dir>/<dataset_name>")
     p.add_argument("--data_dir", default="data", help="parent folder for --dataset_name (default: data)")
     p.add_argument("--n_classes", type=int, default=None, help="number of classes (default: from classes.txt)")
-    p.add_argument("--ignore_index", type=int, default=None, help="ignore value (default: dataset.json or 255)")
+    p.add_argument("--ignore_index", type=int, default=None,
+                   help=f"ignore value (default: dataset.json or {IGNORE_INDEX})")
     p.add_argument("--weights_split", default="train", help="split used for the class weights (default train)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
     p.add_argument("--output", help="also write the JSON report to this file")

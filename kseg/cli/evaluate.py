@@ -10,6 +10,7 @@ Both folders hold single-channel PNGs of class indices (palette PNGs are read as
 import os
 
 from kseg.cli import common as cli
+from kseg.config import IGNORE_INDEX, label_values
 
 
 def build_parser():
@@ -18,7 +19,7 @@ def build_parser():
     p.add_argument("--gt_dir", required=True, help="ground-truth masks (class-index PNGs)")
     p.add_argument("--n_classes", type=cli.positive_int, required=True,
                    help="number of classes (1 = binary: a 2x2 matrix)")
-    p.add_argument("--ignore_index", type=int, default=255,
+    p.add_argument("--ignore_index", type=int, default=IGNORE_INDEX,
                    help="ground-truth value left out of every score (-1: none)")
     p.add_argument("--class_names", default=None,
                    help="comma-separated names, or a classes.txt / dataset.json file or a dataset folder")
@@ -34,7 +35,7 @@ def main(argv=None):
     from kseg.evaluation import evaluate_folders, parse_class_names
 
     names = parse_class_names(args.class_names)
-    k = max(args.n_classes, 2)
+    k = label_values(args.n_classes)
     if names is not None and len(names) != k:
         raise KsegError(f"--class_names gives {len(names)} names but --n_classes {args.n_classes} needs {k}")
     ev = evaluate_folders(args.pred_dir, args.gt_dir, args.n_classes, args.ignore_index, names)

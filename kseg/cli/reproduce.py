@@ -130,8 +130,8 @@ def _binary_dataset(name, image_dir, mask_dir, out, split_fn, classes, to_index)
     import numpy as np
     from PIL import Image
 
-    from kseg.data.doctor import write_class_files
-    from kseg.data.io import IMAGE_EXTENSIONS, write_label
+    from kseg.data.io import write_label
+    from kseg.data.layout import IMAGE_EXTENSIONS, write_class_files
 
     for d in (image_dir, mask_dir):
         if not os.path.isdir(d):
@@ -177,7 +177,8 @@ def prepare(name, source, data_dir):
         _binary_dataset(name, os.path.join(src, "image"), os.path.join(src, "label"), out, _isbi_split,
                         ["cell", "membrane"], lambda m: m < 128)
     elif name == "dubai":
-        from kseg.data.colors import convert_color_dataset, named_table
+        from kseg.data.color_tables import named_table
+        from kseg.data.colors import convert_color_dataset
 
         src = os.path.join(source, "dubai-aerial")
         if not os.path.isdir(src):
@@ -379,8 +380,8 @@ def figure(table, run, stems, out, data_dir, save_root, width=256):
     import numpy as np
     from PIL import Image
 
-    from kseg.data.colors import overlay
     from kseg.data.io import read_image, read_label
+    from kseg.data.palette import overlay
 
     r = RECIPES[table]
     exp = os.path.join(save_root, table, run)

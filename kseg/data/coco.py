@@ -27,14 +27,16 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from kseg.data.doctor import DatasetWriter, split_items
-from kseg.data.io import DEFAULT_IGNORE_INDEX, voc_palette
+from kseg.config import IGNORE_INDEX
+from kseg.data.io import write_label
+from kseg.data.layout import BACKGROUND_NAME, SPLITS, DatasetWriter, split_items
+from kseg.data.palette import voc_palette
 from kseg.errors import DataError, unknown_name
 
 CATEGORY_MODES = ("contiguous", "coco")
 OVERLAP_MODES = ("area", "order", "ignore")
 CROWD_MODES = ("class", "ignore", "skip")
-_BACKGROUND_NAMES = ("_background_", "background", "__background__", "bg")
+_BACKGROUND_NAMES = (BACKGROUND_NAME, "background", "__background__", "bg")
 
 
 def _mask_utils():
@@ -92,12 +94,12 @@ def category_map(categories, mode="contiguous", annotations=()):
         raise DataError("COCO category ids must be >= 0")
     cat_to_class = {0: 0} if bg else {}
     if mode == "contiguous":
-        names = ["_background_"] + [str(c.get("name", c["id"])) for c in real]
+        names = [BACKGROUND_NAME] + [str(c.get("name", c["id"])) for c in real]
         for i, c in enumerate(real, start=1):
             cat_to_class[int(c["id"])] = i
     else:
         n = max([int(c["id"]) for c in real] + [0]) + 1
-        names = ["_background_"] + [f"unused_{i}" for i in range(1, n)]
+        names = [BACKGROUND_NAME] + [f"unused_{i}" for i in range(1, n)]
         for c in real:
             names[int(c["id"])] = str(c.get("name", c["id"]))
             cat_to_class[int(c["id"])] = int(c["id"])
@@ -141,7 +143,7 @@ def annotation_mask(ann, height, width):
 
 
 def semantic_mask(
-    anns, height, width, cat_to_class, overlap="area", crowd="class", ignore_index=DEFAULT_IGNORE_INDEX
+    anns, height, width, cat_to_class, overlap="area", crowd="class", ignore_index=IGNORE_INDEX
 ):
     """Build the semantic index mask of one image from its annotations.
 
@@ -205,7 +207,7 @@ def convert_coco(
     split=(0.8, 0.1, 0.1),
     seed=0,
     overwrite=False,
-    ignore_index=DEFAULT_IGNORE_INDEX,
+    ignore_index=IGNORE_INDEX,
     skip_missing=False,
 ):
     """Convert a COCO instances JSON into a kseg dataset folder.
@@ -266,13 +268,13 @@ def convert_coco(
     if not images:
         raise DataError(f"no images to convert in {annotations}")
     if subset is not None:
-        if subset not in ("train", "val", "test"):
-            raise unknown_name("subset", subset, ("train", "val", "test"))
+        if subset not in SPLITS:
+            raise unknown_name("subset", subset, SPLITS)
         assignment = {subset: sorted(images)}
         splits = (subset,)
     else:
         assignment = split_items(list(images), split, seed)
-        splits = ("train", "val", "test")
+        splits = SPLITS
     palette = voc_palette(256)
     with DatasetWriter(output, splits=splits, overwrite=overwrite) as w:
         for s, stem_list in assignment.items():
@@ -291,7 +293,7 @@ def convert_coco(
                     )
                 mask = semantic_mask(by_image.get(info["id"], []), h, w_, cat_to_class, overlap, crowd, ignore_index)
                 w.copy_image(s, path, stem=stem)
-                w.write_label(s, stem, mask, palette=palette if mask.dtype == np.uint8 else None)
+                write_label(w.label_path(s, stem), mask, palette=palette if mask.dtype == np.uint8 else None)
         w.set_classes(
             names,
             palette[: len(names)] if len(names) <= 256 else None,

@@ -2,37 +2,21 @@
 
 Labels are single-channel class-index images. Palette ("P") PNGs are read as
 their indices, never converted to RGB. Everything that writes does so
-atomically (temporary file in the same folder, then rename), so an interrupted
-run never leaves a half-written file under the final name.
+atomically (:func:`kseg.data.layout.atomic_path`: temporary file in the same
+folder, then rename), so an interrupted run never leaves a half-written file
+under the final name. The accepted file extensions are the folder contract's
+(:mod:`kseg.data.layout`), importable from here too.
 """
 
-import contextlib
 import os
-import tempfile
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from kseg.data.layout import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, atomic_path  # noqa: F401 (re-exported)
+from kseg.data.palette import color_lut, voc_palette  # noqa: F401 (voc_palette re-exported)
 from kseg.errors import DataError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-LABEL_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
-from kseg.config import IGNORE_INDEX as DEFAULT_IGNORE_INDEX  # noqa: E402,F401 (owned by kseg.config)
-
-
-def voc_palette(n=256):
-    """The PASCAL VOC colour map (bit-interleaved), as an ``(n, 3)`` uint8 array."""
-    pal = np.zeros((n, 3), dtype=np.uint8)
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    return pal
 
 
 def read_image(path):
@@ -99,29 +83,13 @@ def read_label(path):
     return arr.copy()
 
 
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(folder, exist_ok=True)
-    base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_label(path, mask, palette=None):
     """Write an index mask as a PNG, atomically.
 
     With values < 256 the file is a palette ("P") PNG coloured with ``palette``
-    (default: the VOC colour map) whose pixel values are the class indices, so it
-    reads back as indices and displays in colour. Larger values give a 16-bit
-    grey PNG.
+    (values it does not cover: their VOC colour, see :mod:`kseg.data.palette`)
+    whose pixel values are the class indices, so it reads back as indices and
+    displays in colour. Larger values give a 16-bit grey PNG.
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:
@@ -129,10 +97,7 @@ def write_label(path, mask, palette=None):
     with atomic_path(path) as tmp:
         if mask.size == 0 or (mask.min() >= 0 and mask.max() < 256):
             im = Image.fromarray(mask.astype(np.uint8), mode="P")
-            pal = voc_palette() if palette is None else np.asarray(palette, np.uint8)
-            full = np.zeros((256, 3), np.uint8)
-            full[: len(pal)] = pal[:256]
-            im.putpalette(full.flatten().tolist())
+            im.putpalette(color_lut(palette)[:256].flatten().tolist())
             im.save(tmp, format="PNG")
         else:
             Image.fromarray(mask.astype(np.uint16)).save(tmp, format="PNG")

@@ -26,13 +26,11 @@ import os
 import numpy as np
 from PIL import Image
 
-from kseg.data.colors import overlay
-from kseg.data.doctor import DatasetWriter, split_items
-from kseg.data.io import DEFAULT_IGNORE_INDEX, voc_palette, write_image
+from kseg.config import IGNORE_INDEX
+from kseg.data.io import write_image, write_label
+from kseg.data.layout import BACKGROUND_NAME, IGNORE_NAME, DatasetWriter, class_names_from_lines, split_items
+from kseg.data.palette import overlay, voc_palette
 from kseg.errors import DataError
-
-IGNORE_NAME = "__ignore__"
-BACKGROUND_NAME = "_background_"
 
 
 def _import_labelme():
@@ -53,7 +51,7 @@ def _import_labelme():
     return labelme
 
 
-def read_labels_txt(path, ignore_index=DEFAULT_IGNORE_INDEX):
+def read_labels_txt(path, ignore_index=IGNORE_INDEX):
     """Read a labelme ``labels.txt``.
 
     Returns:
@@ -61,16 +59,17 @@ def read_labels_txt(path, ignore_index=DEFAULT_IGNORE_INDEX):
         is ``_background_``) and the map from every label name, including
         ``__ignore__``, to the value written in the mask.
 
-    ``__ignore__`` may appear (first, as in labelme) and maps to ``ignore_index``.
-    A file without ``_background_`` gets it as class 0 in front of its classes,
-    because unlabelled pixels are class 0.
+    The lines follow the class-list rule of :mod:`kseg.data.layout` (the same as
+    ``classes.txt``): ``__ignore__`` may appear (first, as in labelme) and maps to
+    ``ignore_index``. A file without ``_background_`` gets it as class 0 in front
+    of its classes, because unlabelled pixels are class 0.
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = [line.strip() for line in f]
+        with open(path, encoding="utf-8-sig") as f:
+            lines = f.read().splitlines()
     except OSError as e:
         raise DataError(f"cannot read labels file {path}: {e.strerror}; check --labels") from None
-    names = [n for n in lines if n]
+    names = [n.strip() for n in lines if n.strip()]
     if not names:
         raise DataError(f"labels file {path} is empty; list one class per line, starting with _background_")
     seen = set()
@@ -78,14 +77,7 @@ def read_labels_txt(path, ignore_index=DEFAULT_IGNORE_INDEX):
         if n in seen:
             raise DataError(f"labels file {path} lists {n!r} twice; keep one")
         seen.add(n)
-    if IGNORE_NAME in names and names.index(IGNORE_NAME) != 0:
-        raise DataError(f"labels file {path}: {IGNORE_NAME} must be the first line (labelme's convention)")
-    classes = [n for n in names if n != IGNORE_NAME]
-    if BACKGROUND_NAME in classes and classes.index(BACKGROUND_NAME) != 0:
-        raise DataError(
-            f"labels file {path}: {BACKGROUND_NAME} must be the first class (after {IGNORE_NAME}); "
-            "unlabelled pixels are class 0"
-        )
+    classes = class_names_from_lines(names, f"labels file {path}")  # the one class-list rule
     if BACKGROUND_NAME not in classes:
         classes = [BACKGROUND_NAME] + classes
     return classes, _value_map(classes, ignore_index)
@@ -135,7 +127,7 @@ def scan_labels(json_files):
     return labels
 
 
-def build_class_map(found_labels, labels_txt=None, add_unknown=False, ignore_index=DEFAULT_IGNORE_INDEX):
+def build_class_map(found_labels, labels_txt=None, add_unknown=False, ignore_index=IGNORE_INDEX):
     """The single class list for a whole folder.
 
     Args:
@@ -178,7 +170,7 @@ def _image_format(data):
     return fmt, oriented
 
 
-def load_labelme(json_path, name_to_value, ignore_index=DEFAULT_IGNORE_INDEX):
+def load_labelme(json_path, name_to_value, ignore_index=IGNORE_INDEX):
     """Convert one labelme file.
 
     Returns:
@@ -260,7 +252,7 @@ def convert_labelme_folder(
     add_unknown=False,
     visualize=False,
     overwrite=False,
-    ignore_index=DEFAULT_IGNORE_INDEX,
+    ignore_index=IGNORE_INDEX,
     log=None,
 ):
     """Convert a folder of labelme JSON files into ``output/{train,val,test}_{image,label}``.
@@ -271,7 +263,7 @@ def convert_labelme_folder(
         output: the dataset folder to create, e.g. ``data/labelme_demo``.
         labels: path of the ``labels.txt`` (labelme convention). Without it the
             classes are ``_background_`` + the labels found, sorted.
-        split: ``(train, val, test)`` fractions (see :func:`kseg.data.doctor.parse_split`).
+        split: ``(train, val, test)`` fractions (see :func:`kseg.data.layout.parse_split`).
         seed: seed of the split.
         add_unknown: append labels missing from ``labels`` instead of failing.
         visualize: also write ``<split>_viz/<stem>.jpg`` overlays.
@@ -298,7 +290,8 @@ def convert_labelme_folder(
         stem = os.path.splitext(os.path.basename(f))[0]
         stems[stem] = f
     assignment = split_items(list(stems), split, seed)
-    palette = voc_palette(256)
+    palette = voc_palette(len(classes))
+    label_palette = voc_palette(256)  # the label PNGs show the ignore value in the VOC void colour too
     _import_labelme()
     with DatasetWriter(output, overwrite=overwrite) as w:
         for s, names in assignment.items():
@@ -308,10 +301,11 @@ def convert_labelme_folder(
                     w.write_image_bytes(s, stem, data, ext)
                 else:
                     write_image(w.path(s, "image", stem + ".png"), rgb)
-                w.write_label(s, stem, lbl, palette=palette)
+                write_label(w.label_path(s, stem), lbl, palette=label_palette)
                 if visualize:
-                    write_image(w.path(s, "viz", stem + ".jpg"), overlay(rgb, lbl, palette[: len(classes)]))
+                    viz = overlay(rgb, lbl, palette, alpha=0.5, legend=False, ignore_index=ignore_index)
+                    write_image(w.path(s, "viz", stem + ".jpg"), viz)
                 if log:
                     log(f"{s}: {stem}")
-        w.set_classes(classes, palette[: len(classes)], ignore_index, extra={"source": "labelme"})
+        w.set_classes(classes, palette, ignore_index, extra={"source": "labelme"})
     return {"classes": classes, "splits": assignment}

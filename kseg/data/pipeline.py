@@ -10,6 +10,7 @@ to colours or rescale) through PIL.
 import numpy as np
 import tensorflow as tf
 
+from kseg.config import IGNORE_INDEX
 from kseg.data.io import read_label
 from kseg.data.preprocess import IMAGENET_MEAN_RGB, check_image_init, check_resize_op
 
@@ -132,7 +133,7 @@ def make_dataset(
     training=False,
     image_init="divide",
     resize_op=1,
-    ignore_index=255,
+    ignore_index=IGNORE_INDEX,
     python_label_decoder=True,
     augment=True,
     cache=False,

@@ -16,7 +16,10 @@ import shutil
 import cv2
 import numpy as np
 
-from kseg.data.io import voc_palette, write_image, write_label
+from kseg.config import IGNORE_INDEX
+from kseg.data.io import write_image, write_label
+from kseg.data.layout import split_dir, write_class_files
+from kseg.data.palette import voc_palette
 
 SAMPLE_NAME = "shapes"
 SAMPLE_CLASSES = ("background", "circle", "square", "triangle")
@@ -98,20 +101,17 @@ def generate_sample_dataset(root, splits=None, seed=0):
     palette = voc_palette(len(SAMPLE_CLASSES))
     for s_i, (split, n) in enumerate(sorted(splits.items())):
         rng = np.random.default_rng([seed, s_i, SAMPLE_VERSION])
-        os.makedirs(os.path.join(tmp, f"{split}_image"))
-        os.makedirs(os.path.join(tmp, f"{split}_label"))
+        for kind in ("image", "label"):
+            os.makedirs(split_dir(tmp, split, kind))
         for i in range(n):
             size = int(rng.choice([48, 56, 64]))
             img, lab = make_sample(rng, size)
             stem = f"{split}_{i:04d}"
-            write_image(os.path.join(tmp, f"{split}_image", stem + ".png"), img)
-            write_label(os.path.join(tmp, f"{split}_label", stem + ".png"), lab, palette)
-    meta = {
+            write_image(os.path.join(split_dir(tmp, split, "image"), stem + ".png"), img)
+            write_label(os.path.join(split_dir(tmp, split, "label"), stem + ".png"), lab, palette)
+    extra = {
         "name": SAMPLE_NAME,
         "description": "kseg built-in sample: shapes over textured backgrounds (generated)",
-        "classes": list(SAMPLE_CLASSES),
-        "palette": palette.tolist(),
-        "ignore_index": 255,
         "input_size": list(SAMPLE_INPUT_SIZE),
         "epochs": SAMPLE_EPOCHS,
         # the generator already varies size, position, colour and texture; online
@@ -120,10 +120,7 @@ def generate_sample_dataset(root, splits=None, seed=0):
         "version": SAMPLE_VERSION,
         "seed": seed,
     }
-    with open(os.path.join(tmp, "dataset.json"), "w") as f:
-        json.dump(meta, f, indent=2)
-    with open(os.path.join(tmp, "classes.txt"), "w") as f:
-        f.write("\n".join(SAMPLE_CLASSES) + "\n")
+    write_class_files(tmp, SAMPLE_CLASSES, palette, IGNORE_INDEX, extra=extra)
     if os.path.exists(root):
         shutil.rmtree(root)
     os.replace(tmp, root)

@@ -231,7 +231,7 @@ class DemoState:
 
     def __init__(self, predictor, *, max_upload_mb, max_pixels, max_side, slide_above, store,
                  busy_timeout):
-        from kseg.data.io import voc_palette
+        from kseg.data.palette import voc_palette
         from kseg.predict import Predictor
 
         self.predictor = predictor
@@ -289,7 +289,7 @@ class DemoState:
     def process(self, data, filename):
         """Decode, predict and write the result files; returns the response dict."""
         from kseg.data.io import write_image, write_label
-        from kseg.evaluation import overlay
+        from kseg.data.palette import overlay
 
         label = f"the upload {filename!r}" if filename else "the upload"
         image = decode_image(data, max_pixels=self.max_pixels, max_side=self.max_side, name=label)

@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kseg.data.color_tables import ClassTable, load_class_table, parse_color
 from kseg.data.colors import (
-    ClassTable,
     colors_to_index,
     convert_color_dataset,
     convert_color_folder,
     index_to_colors,
-    load_class_table,
-    parse_color,
     parse_value_map,
     read_color_mask,
     remap_folder,

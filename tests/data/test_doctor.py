@@ -9,15 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kseg.data.doctor import (
-    DatasetWriter,
-    StagedDir,
-    check_dataset,
-    median_frequency_weights,
-    parse_split,
-    split_counts,
-    split_items,
-)
+from kseg.data.doctor import check_dataset
+from kseg.data.io import write_label
+from kseg.data.layout import DatasetWriter, StagedDir, parse_split, split_counts, split_items
+from kseg.data.stats import class_stats, class_weights, median_frequency_weights
 from kseg.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -98,7 +93,7 @@ def test_split_items_deterministic_and_disjoint():
 def test_dataset_writer_commits_fresh_folder(tmp_path):
     root = tmp_path / "ds"
     with DatasetWriter(str(root)) as w:
-        w.write_label("train", "x", np.zeros((2, 2), np.uint8))
+        write_label(w.label_path("train", "x"), np.zeros((2, 2), np.uint8))
         w.set_classes(["bg", "fg"])
         assert not root.exists()  # nothing visible before commit
     assert (root / "train_label" / "x.png").exists()
@@ -113,7 +108,7 @@ def test_dataset_writer_error_leaves_nothing(tmp_path):
     root = tmp_path / "ds"
     with pytest.raises(RuntimeError):
         with DatasetWriter(str(root)) as w:
-            w.write_label("train", "x", np.zeros((2, 2), np.uint8))
+            write_label(w.label_path("train", "x"), np.zeros((2, 2), np.uint8))
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
 
@@ -123,7 +118,7 @@ def test_dataset_writer_refuses_and_overwrites(tmp_path):
     with pytest.raises(DataError, match="--overwrite"):
         DatasetWriter(root)
     with DatasetWriter(root, overwrite=True) as w:
-        w.write_label("train", "new", np.ones((2, 2), np.uint8))
+        write_label(w.label_path("train", "new"), np.ones((2, 2), np.uint8))
         w.set_classes(["bg", "fg"])
     assert sorted(os.listdir(os.path.join(root, "train_label"))) == ["new.png"]
     assert not os.path.exists(os.path.join(root, "test_label"))  # owned split, now empty: removed
@@ -135,11 +130,11 @@ def test_dataset_writer_subset_keeps_other_splits_and_checks_classes(tmp_path):
     shutil_before = sorted(os.listdir(os.path.join(root, "train_label")))
     with pytest.raises(DataError, match="class list"):
         with DatasetWriter(root, splits=("val",)) as w:
-            w.write_label("val", "v", np.zeros((2, 2), np.uint8))
+            write_label(w.label_path("val", "v"), np.zeros((2, 2), np.uint8))
             w.set_classes(["other"])
     assert not os.path.exists(os.path.join(root, "val_label"))
     with DatasetWriter(root, splits=("val",)) as w:
-        w.write_label("val", "v", np.zeros((2, 2), np.uint8))
+        write_label(w.label_path("val", "v"), np.zeros((2, 2), np.uint8))
         w.set_classes(["background", "road", "sky"])
     assert os.listdir(os.path.join(root, "val_label")) == ["v.png"]
     assert sorted(os.listdir(os.path.join(root, "train_label"))) == shutil_before
@@ -163,10 +158,16 @@ def test_staged_dir(tmp_path):
 
 
 def test_median_frequency_weights_hand_computed():
-    # f0 = 20/32, f1 = 4/16, f2 = 8/16; median 0.5
-    freqs, w = median_frequency_weights({0: 20, 1: 4, 2: 8}, {0: 32, 1: 16, 2: 16}, 4)
-    assert freqs[:3] == pytest.approx([0.625, 0.25, 0.5]) and freqs[3] is None
-    assert w == pytest.approx([0.8, 2.0, 1.0, 0.0])
+    # the clean dataset's train labels: a = 12 px class 0 + 4 px class 1, b = 8 px class 0 + 8 px class 2
+    a = np.zeros((4, 4), np.uint8)
+    a[0, :] = 1
+    b = np.zeros((4, 4), np.uint8)
+    b[2:, :] = 2
+    stats = class_stats([a, b], 4)
+    # f0 = 20/32, f1 = 4/16, f2 = 8/16, class 3 absent; median 0.5
+    np.testing.assert_allclose(stats.frequencies()[:3], [0.625, 0.25, 0.5])
+    assert np.isnan(stats.frequencies()[3])
+    assert median_frequency_weights(stats) == pytest.approx([0.8, 2.0, 1.0, 0.0])
 
 
 def test_clean_dataset(tmp_path):
@@ -303,3 +304,25 @@ def test_check_dataset_script_exit_codes(tmp_path):
     p = subprocess.run([sys.executable, SCRIPT, str(tmp_path / "missing")], capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.startswith("error: ") and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_doctor_weights_are_the_training_weights(tmp_path):
+    """The doctor suggests exactly what --class_weights auto / enet train with, on the same labels."""
+    root = make_clean(str(tmp_path / "ds"))
+    with open(os.path.join(root, "classes.txt"), "w") as f:
+        f.write("__ignore__\nbackground\nroad\nsky\ncar\n")  # car never appears; __ignore__ is no class
+    lbl = np.zeros((4, 4), np.uint8)
+    lbl[:, :2] = 1
+    lbl[3, 3] = 255
+    _save_img(os.path.join(root, "train_image", "e.png"), _img(7))
+    _save_lbl(os.path.join(root, "train_label", "e.png"), lbl)
+    r = check_dataset(root)
+    assert r.n_classes == 4 and r.ok, r.format_text()
+    train_labels = sorted(os.path.join(root, "train_label", f) for f in os.listdir(os.path.join(root, "train_label")))
+    stats = class_stats(train_labels, 4)
+    assert r.class_weights == pytest.approx(class_weights("auto", stats, 4))
+    assert r.enet_weights == pytest.approx(class_weights("enet", stats, 4))
+    # by hand: a 12/16 bg + 4/16 road, b 8/16 bg + 8/16 sky, e 7/15 bg + 8/15 road (1 px ignored)
+    # freq bg = 27/47, road = 12/31, sky = 8/16; median 1/2 -> 0.8704, 1.2917, 1.0, absent car 0
+    assert r.class_weights == pytest.approx([0.5 * 47 / 27, 0.5 * 31 / 12, 1.0, 0.0])
+    assert "suggested class weights (--class_weights auto" in r.format_text()
