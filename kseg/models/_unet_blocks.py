@@ -1,10 +1,11 @@
 """Building blocks of the UNet-family variants.
 
-Used by ``attunet``, ``r2unet``, ``r2attunet``, ``unet++``, ``seunet`` and
-``scseunet``:
+Used by ``unet``, ``attunet``, ``r2unet``, ``r2attunet``, ``unet++``, ``seunet``
+and ``scseunet``:
 
-- :func:`unet_body` -- the 4-down / 4-up U-Net skeleton of ``kseg.models.unet``
-  (same layer names) with a pluggable level block and optional skip gates;
+- :func:`unet_body` -- the U-Net encoder-decoder skeleton (4 levels by default)
+  with a pluggable level block and optional skip gates; ``unet`` is this body
+  with double-conv blocks;
 - :func:`attention_gate` -- the additive attention gate of Oktay et al. 2018;
 - :func:`recurrent_conv` / :func:`rrcnn_unit` -- the recurrent convolutional
   layer and recurrent residual unit of Alom et al. 2018;
@@ -13,20 +14,17 @@ Used by ``attunet``, ``r2unet``, ``r2attunet``, ``unet++``, ``seunet`` and
 
 All blocks are functional helpers built from stock ``keras.layers`` (so saved
 models need no custom objects) and name every layer after the ``name`` prefix.
-The module name starts with an underscore so the model registry does not import
-it as a model module.
+The shared options (``n_classes``, ``input_shape``, the size rule: multiples of
+16) are checked by the registry (:func:`kseg.models.registry.register_model`).
 """
-
-import numbers
 
 from keras import layers
 
-from kseg.errors import ModelConfigError as ModelOptionError  # noqa: F401 (defined in kseg.errors)
-from kseg.errors import InputShapeError, KsegError, unknown_name
+from kseg.errors import ModelConfigError
+from kseg.models import _checks as C
 from kseg.models import layers as L
-from kseg.models.registry import check_input_size
 
-DEPTH = 4  # pooling levels of every model of this family
+DEPTH = 4  # pooling levels of every model of this family (``unet`` also takes others)
 DIVISOR = 2**DEPTH  # input height/width must be multiples of 16
 MIN_SIZE = DIVISOR
 
@@ -38,48 +36,20 @@ MIN_SIZE = DIVISOR
 RCL_INITIALIZER = "glorot_uniform"
 
 
-
-
-def check_builder_args(model, n_classes, input_shape, **positive_ints):
-    """Validate the arguments every builder of this family shares.
-
-    Args:
-        model: registry name used in messages (``"attunet"``).
-        n_classes: number of classes, a positive integer.
-        input_shape: ``(H, W, C)``; H and W ``None`` or multiples of 16.
-        **positive_ints: further options that must be positive integers
-            (``base_filters=64``, ``t=2``, ...).
-
-    Raises:
-        InputShapeError: a bad ``input_shape``.
-        ModelOptionError: an option that is not a positive integer.
-    """
-    L.check_channels_last()
-    if input_shape is None or len(input_shape) != 3:
-        raise InputShapeError(
-            f"{model}: input_shape must be (height, width, channels); received {input_shape!r}"
-        )
-    check_input_size(model, input_shape[0], input_shape[1], DIVISOR, MIN_SIZE)
-    for option, value in (("n_classes", n_classes),) + tuple(positive_ints.items()):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ModelOptionError(
-                f"{model}: {option} must be a positive integer; received {value!r}"
-            )
-
-
 def level_widths(base_filters, depth=DEPTH):
     """Channel widths of levels 0..depth: ``base_filters * 2**level``."""
     return [base_filters * 2**level for level in range(depth + 1)]
 
 
-def unet_body(x, widths, name, block, gate=None):
+def unet_body(x, widths, name, block, gate=None, bottleneck_dropout=0.0):
     """The U-Net encoder-decoder with a pluggable level block.
 
-    Mirrors ``kseg.models.unet``: ``len(widths) - 1`` encoder levels (block, 2x2
-    max pool), a bottleneck block, and as many decoder levels (2x2 stride-2
+    ``len(widths) - 1`` encoder levels (block, 2x2 max pool), a bottleneck block
+    (optionally followed by dropout), and as many decoder levels (2x2 stride-2
     transposed convolution to the level width, concatenation ``[skip, up]``,
-    block). Layer names match the plain U-Net: ``{name}_enc1``, ``{name}_enc1_pool``,
-    ``{name}_bottleneck``, ``{name}_dec1_upconv``, ``{name}_dec1_concat``, ``{name}_dec1``.
+    block). Layer names: ``{name}_enc1``, ``{name}_enc1_pool``,
+    ``{name}_bottleneck``, ``{name}_bottleneck_dropout``, ``{name}_dec1_upconv``,
+    ``{name}_dec1_concat``, ``{name}_dec1``.
 
     Args:
         x: input tensor ``(B, H, W, C)``.
@@ -90,6 +60,7 @@ def unet_body(x, widths, name, block, gate=None):
             before concatenation; ``g`` is the coarser decoder feature (the
             bottleneck for the deepest skip), taken before its up-convolution.
             Gates are named ``{name}_dec{level}_att``.
+        bottleneck_dropout: dropout rate after the bottleneck block (0: no layer).
 
     Returns:
         The finest decoder feature ``(B, H, W, widths[0])``.
@@ -100,6 +71,8 @@ def unet_body(x, widths, name, block, gate=None):
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"{name}_enc{level + 1}_pool")(x)
     x = block(x, widths[-1], f"{name}_bottleneck")
+    if bottleneck_dropout:
+        x = layers.Dropout(bottleneck_dropout, name=f"{name}_bottleneck_dropout")(x)
     for level in reversed(range(len(widths) - 1)):
         skip = skips[level]
         if gate is not None:
@@ -192,7 +165,7 @@ def recurrent_conv(x, filters, name, t=2):
         ``h(t)``, shape ``(B, H, W, filters)``.
     """
     if x.shape[-1] != filters:
-        raise ValueError(
+        raise ModelConfigError(
             f"{name}: a recurrent conv layer needs {filters} input channels; received {x.shape[-1]}"
         )
     conv = layers.Conv2D(
@@ -283,8 +256,7 @@ def scse(x, name, ratio=2, combine="add"):
     Returns:
         ``(B, H, W, C)``.
     """
-    if combine not in SCSE_COMBINE:
-        raise unknown_name("scSE combine mode", combine, SCSE_COMBINE)
+    C.known_name(name, "scSE combine mode", combine, SCSE_COMBINE)
     cse = squeeze_excite(x, f"{name}_cse", ratio)
     q = layers.Conv2D(1, 1, activation="sigmoid", name=f"{name}_sse_conv")(x)
     sse = layers.Multiply(name=f"{name}_sse_scale")([x, q])

@@ -4,6 +4,7 @@ import functools
 
 import keras
 
+from kseg.models import _checks as C
 from kseg.models import _unet_blocks as B
 from kseg.models import layers as L
 from kseg.models.registry import register_model
@@ -79,7 +80,7 @@ def attunet(
         >>> model.output_shape
         (None, 256, 256, 3)
     """
-    B.check_builder_args("attunet", n_classes, input_shape, base_filters=base_filters)
+    C.positive_int("attunet", "base_filters", base_filters)
     inputs = keras.Input(shape=input_shape, name=f"{name}_input")
     x = B.unet_body(
         inputs, B.level_widths(base_filters), name, _double_conv_block, gate=B.attention_gate
@@ -139,10 +140,10 @@ def r2attunet(
         >>> model.output_shape
         (None, 128, 128, 2)
     """
-    B.check_builder_args("r2attunet", n_classes, input_shape, base_filters=base_filters, t=t)
+    C.positive_int("r2attunet", "base_filters", base_filters)
+    C.positive_int("r2attunet", "t", t, " (2 in the paper)")
     inputs = keras.Input(shape=input_shape, name=f"{name}_input")
     block = functools.partial(_rrcnn_block, t=t)
     x = B.unet_body(inputs, B.level_widths(base_filters), name, block, gate=B.attention_gate)
     outputs = L.classifier(x, n_classes, f"{name}_head", activation)
     return keras.Model(inputs, outputs, name=name)
-

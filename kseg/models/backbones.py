@@ -11,6 +11,10 @@ their stride relative to the input::
     taps[4]   # conv2_block3_out, 1/4 of the input size
     taps[32]  # conv5_block3_out, the deepest feature
 
+VGG16 is the exception: kseg builds it with its one VGG16 body
+(:func:`kseg.models.vgg.vgg16_encoder`), layer for layer and name for name as
+``keras.applications.VGG16``, and copies pretrained weights in by layer name.
+
 Taps are looked up by LAYER NAME (the tables in :data:`ENCODERS`), never by
 layer index, so they stay right for any input size and any Keras version that
 keeps the ``keras.applications`` names.
@@ -35,13 +39,9 @@ import urllib.error
 
 import keras
 
-from kseg.errors import EncoderWeightsError, EncoderConfigError  # noqa: F401 (defined in kseg.errors)
-from kseg.errors import InputShapeError, KsegError, unknown_name
-from kseg.models.layers import BN_MOMENTUM
-
-
-
-
+from kseg.errors import EncoderConfigError, EncoderWeightsError, InputShapeError, unknown_name
+from kseg.models import layers as L
+from kseg.models import vgg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +66,10 @@ class EncoderSpec:
             rate 2, ``pads`` ZeroPadding2D layers get a new padding.
         renames: deterministic names for the layers ``keras.applications`` leaves
             unnamed (``{class name: [names in layer order]}``).
+        build: ``build(input_tensor) -> keras.Model`` when kseg builds the network
+            itself, layer for layer and with the layer names of the
+            ``keras.applications`` one (whose weights are then copied in by
+            layer name); ``None``: ``keras.applications`` builds it.
     """
 
     name: str
@@ -76,6 +80,7 @@ class EncoderSpec:
     image_init: str = "sub_and_divide"
     dilation: dict = None
     renames: dict = dataclasses.field(default_factory=dict)
+    build: object = None
 
     @property
     def tap_names(self):
@@ -100,6 +105,8 @@ ENCODERS = {
                 32: "block5_pool",
             },
             image_init="sub_mean",
+            # kseg's one VGG16 body (kseg.models.vgg), with keras.applications' names
+            build=vgg.vgg16_encoder,
         ),
         EncoderSpec(
             "mobilenet",
@@ -217,7 +224,7 @@ def build_encoder(
     input_shape=None,
     weights=None,
     output_stride=32,
-    bn_momentum=BN_MOMENTUM,
+    bn_momentum=L.BN_MOMENTUM,
     **kwargs,
 ):
     """Build a ``keras.applications`` encoder and return it with its skip features.
@@ -290,7 +297,15 @@ def build_encoder(
             "use 3-channel images or encoder_weights=None"
         )
 
-    if output_stride == 32:
+    if spec.build is not None:
+        if kwargs:
+            raise EncoderConfigError(
+                f"encoder {name} takes no options; received {', '.join(sorted(kwargs))}"
+            )
+        encoder = spec.build(input_tensor)
+        if weights is not None:
+            _copy_weights(pretrained_reference(name, weights), encoder)
+    elif output_stride == 32:
         encoder = _application(spec, input_tensor, weights, kwargs)
     else:
         # Build the published network on a private input (this loads the weights),
@@ -308,6 +323,25 @@ def build_encoder(
         del taps[32]
         taps[16] = encoder.output
     return encoder, taps
+
+
+def pretrained_reference(name, weights, **kwargs):
+    """The ``keras.applications`` network of encoder ``name`` with ``weights`` loaded,
+    on a private 3-channel input: the source of weights copied by layer name.
+
+    Raises:
+        EncoderWeightsError: the ImageNet weights could not be downloaded or read.
+    """
+    spec = encoder_spec(name)
+    return _application(spec, keras.Input((None, None, 3)), weights, kwargs)
+
+
+def _copy_weights(source, target):
+    """Copy the weights of every layer of ``source`` into the layer of ``target``
+    with the same name (every weighted layer of ``source`` must exist there)."""
+    for layer in source.layers:
+        if layer.weights:
+            target.get_layer(layer.name).set_weights(layer.get_weights())
 
 
 def _application(spec, input_tensor, weights, kwargs):
@@ -409,7 +443,5 @@ def _dilated_clone(source, input_tensor, plan, copy_weights):
         source, input_tensors=input_tensor, clone_function=clone_layer
     )
     if copy_weights:
-        for layer in source.layers:
-            if layer.weights:
-                clone.get_layer(layer.name).set_weights(layer.get_weights())
+        _copy_weights(source, clone)
     return clone

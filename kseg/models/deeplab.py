@@ -2,11 +2,12 @@
 
 import keras
 
-from kseg.errors import unknown_name
+from kseg.models import _checks as C
 from kseg.models import layers as L
-from kseg.models._context_blocks import aspp_v2, check_args, check_positive
+from kseg.models._context_blocks import aspp_v2
 from kseg.models.registry import register_model
-from kseg.models.resnet import dilated_resnet, dilated_vgg16, scaled
+from kseg.models.resnet import dilated_resnet
+from kseg.models.vgg import dilated_vgg16
 
 DEEPLAB_V2_BACKBONES = ("vgg16", "resnet101")
 
@@ -75,16 +76,13 @@ def deeplab_v2(
         >>> model = deeplab_v2(n_classes=21, input_shape=(320, 320, 3))
         >>> big = deeplab_v2(21, (320, 320, 3), backbone="resnet101", activation=None)
     """
-    check_args(name, n_classes, input_shape, 8, 32)
-    check_positive(name, "width_multiplier", width_multiplier, integer=False, hint=" (1.0 = paper)")
-    if backbone not in DEEPLAB_V2_BACKBONES:
-        raise unknown_name(f"backbone of {name}", backbone, DEEPLAB_V2_BACKBONES)
-    for r in rates:
-        check_positive(name, "each ASPP rate", r, hint=" (paper: 6, 12, 18, 24)")
+    C.positive_number("deeplab_v2", "width_multiplier", width_multiplier, " (1.0 = paper)")
+    C.known_name("deeplab_v2", "backbone", backbone, DEEPLAB_V2_BACKBONES)
+    C.positive_ints("deeplab_v2", "rates", rates, hint=" (paper: 6, 12, 18, 24)")
     inputs = keras.Input(shape=input_shape, name=f"{name}_input")
     if backbone == "vgg16":
         x = dilated_vgg16(inputs, f"{name}_vgg16", width_multiplier)
-        hidden = scaled(1024, width_multiplier)
+        hidden = L.scaled(1024, width_multiplier)
     else:
         x = dilated_resnet(
             inputs,

@@ -3,10 +3,10 @@
 import keras
 from keras import layers
 
-from kseg.errors import unknown_name
-from kseg.models import layers as kl
+from kseg.models import _checks as C
+from kseg.models import layers as L
 from kseg.models.backbones import build_encoder
-from kseg.models.registry import check_input_size, register_model
+from kseg.models.registry import register_model
 
 BACKBONES = ("resnet50", "mobilenetv2", "xception")
 
@@ -20,16 +20,16 @@ def aspp(x, filters, atrous_rates, dropout, name):
     and BN + ReLU. They are concatenated, projected by a 1x1 conv-BN-ReLU and
     passed through dropout. Layers are named ``{name}_*``.
     """
-    branches = [kl.conv_bn_act(x, filters, 1, name=f"{name}_1x1")]
+    branches = [L.conv_bn_act(x, filters, 1, name=f"{name}_1x1")]
     for rate in atrous_rates:
         branches.append(
-            kl.conv_bn_act(x, filters, 3, dilation_rate=rate, name=f"{name}_rate{rate}")
+            L.conv_bn_act(x, filters, 3, dilation_rate=rate, name=f"{name}_rate{rate}")
         )
     pooled = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool_gap")(x)
-    pooled = kl.conv_bn_act(pooled, filters, 1, name=f"{name}_pool")
-    branches.append(kl.ResizeLike(name=f"{name}_pool_resize")([pooled, x]))
+    pooled = L.conv_bn_act(pooled, filters, 1, name=f"{name}_pool")
+    branches.append(L.ResizeLike(name=f"{name}_pool_resize")([pooled, x]))
     y = layers.Concatenate(name=f"{name}_concat")(branches)
-    y = kl.conv_bn_act(y, filters, 1, name=f"{name}_project")
+    y = L.conv_bn_act(y, filters, 1, name=f"{name}_project")
     if dropout:
         y = layers.Dropout(dropout, name=f"{name}_dropout")(y)
     return y
@@ -104,20 +104,21 @@ def deeplabv3plus(
         >>> model.output_shape
         (None, 512, 512, 21)
     """
-    kl.check_channels_last()
-    if backbone not in BACKBONES:
-        raise unknown_name("deeplabv3plus backbone", backbone, BACKBONES)
-    check_input_size(name, input_shape[0], input_shape[1], 1, 32)
+    C.known_name("deeplabv3plus", "backbone", backbone, BACKBONES)
+    C.positive_int("deeplabv3plus", "filters", filters, " (256 in the paper)")
+    C.positive_int("deeplabv3plus", "low_level_filters", low_level_filters, " (48 in the paper)")
+    C.positive_ints("deeplabv3plus", "atrous_rates", atrous_rates, hint=" (paper: 6, 12, 18)")
+    C.rate("deeplabv3plus", "dropout", dropout)
     inputs = keras.Input(tuple(input_shape), name=f"{name}_input")
     _, taps = build_encoder(backbone, inputs, weights=encoder_weights, output_stride=16)
 
     x = aspp(taps[16], filters, atrous_rates, dropout, f"{name}_aspp")
-    low = kl.conv_bn_act(taps[4], low_level_filters, 1, name=f"{name}_low_level")
-    x = kl.ResizeLike(name=f"{name}_aspp_up")([x, low])
+    low = L.conv_bn_act(taps[4], low_level_filters, 1, name=f"{name}_low_level")
+    x = L.ResizeLike(name=f"{name}_aspp_up")([x, low])
     x = layers.Concatenate(name=f"{name}_decoder_concat")([x, low])
-    x = kl.conv_bn_act(x, filters, 3, name=f"{name}_decoder_conv1")
-    x = kl.conv_bn_act(x, filters, 3, name=f"{name}_decoder_conv2")
+    x = L.conv_bn_act(x, filters, 3, name=f"{name}_decoder_conv1")
+    x = L.conv_bn_act(x, filters, 3, name=f"{name}_decoder_conv2")
     x = layers.Conv2D(n_classes, 1, name=f"{name}_logits")(x)
-    x = kl.ResizeLike(name=f"{name}_logits_up")([x, inputs])
-    outputs = kl.output_activation(x, n_classes, name, activation=activation)
+    x = L.ResizeLike(name=f"{name}_logits_up")([x, inputs])
+    outputs = L.output_activation(x, n_classes, name, activation=activation)
     return keras.Model(inputs, outputs, name=name)

@@ -1,15 +1,17 @@
 """A UNet decoder over any ``keras.applications`` encoder of :mod:`kseg.models.backbones`.
 
 :func:`encoder_unet` is not registered by itself: ``unet(encoder="resnet50")``,
-``vggunet`` and ``mobilenet_unet`` are built with it.
+``vggunet`` and ``mobilenet_unet`` are built with it, and their registration
+checks the shared options and the input size (at least the encoder's
+``min_size``); called directly, it checks only its own options.
 """
 
 import keras
 from keras import layers
 
-from kseg.models import layers as kl
-from kseg.models.backbones import EncoderConfigError, build_encoder, encoder_spec
-from kseg.models.registry import check_input_size
+from kseg.models import _checks as C
+from kseg.models import layers as L
+from kseg.models.backbones import build_encoder
 
 DEFAULT_DECODER_FILTERS = (256, 128, 64, 32, 16)
 
@@ -65,20 +67,14 @@ def encoder_unet(
         >>> model.output_shape
         (None, 128, 128, 3)
     """
-    kl.check_channels_last()
-    spec = encoder_spec(encoder)
-    check_input_size(name, input_shape[0], input_shape[1], 1, spec.min_size)
-    decoder_filters = tuple(decoder_filters)
-    if len(decoder_filters) != 5:
-        raise EncoderConfigError(
-            f"{name}: decoder_filters needs 5 widths (strides 16, 8, 4, 2, 1), "
-            f"got {decoder_filters!r}"
-        )
+    decoder_filters = C.positive_ints(
+        name, "decoder_filters", decoder_filters, 5, " (the widths at strides 16, 8, 4, 2, 1)"
+    )
 
     inputs = keras.Input(tuple(input_shape), name=f"{name}_input")
     _, taps = build_encoder(encoder, inputs, weights=encoder_weights, **encoder_kwargs)
     x = unet_decoder(taps, inputs, decoder_filters, name)
-    outputs = kl.classifier(x, n_classes, name, activation=activation)
+    outputs = L.classifier(x, n_classes, name, activation=activation)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -95,8 +91,8 @@ def unet_decoder(taps, inputs, decoder_filters, name):
         prefix = f"{name}_dec{stride}"
         skip = taps.get(stride)
         ref = inputs if skip is None else skip
-        x = kl.ResizeLike(name=f"{prefix}_up")([x, ref])
+        x = L.ResizeLike(name=f"{prefix}_up")([x, ref])
         if skip is not None:
             x = layers.Concatenate(name=f"{prefix}_concat")([x, skip])
-        x = kl.double_conv(x, filters, prefix)
+        x = L.double_conv(x, filters, prefix)
     return x

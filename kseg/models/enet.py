@@ -1,10 +1,15 @@
 """ENet (Paszke, Chaurasia, Kim, Culurciello 2016)."""
 
 import keras
-from keras import layers as kl
+from keras import layers
 
+from kseg.errors import ModelConfigError
+from kseg.models import _checks as C
 from kseg.models import layers as L
-from kseg.models.registry import check_input_size, register_model
+from kseg.models.layers import PadChannels  # noqa: F401 (re-exported; defined with the other custom layers)
+from kseg.models.registry import register_model
+
+BOTTLENECK_KINDS = ("regular", "dilated", "asymmetric")
 
 ENET_BN_MOMENTUM = 0.9  # Keras sense: moving average decay (the old project's 0.1 was wrong)
 
@@ -15,12 +20,12 @@ def _bn(x, name):
 
 def _act(x, kind, name):
     if kind == "prelu":
-        return kl.PReLU(shared_axes=[1, 2], name=name)(x)
-    return kl.Activation("relu", name=name)(x)
+        return layers.PReLU(shared_axes=[1, 2], name=name)(x)
+    return layers.Activation("relu", name=name)(x)
 
 
 def _conv(x, filters, kernel, name, strides=1, dilation=1):
-    return kl.Conv2D(
+    return layers.Conv2D(
         filters, kernel, strides=strides, padding="same", dilation_rate=dilation,
         use_bias=False, kernel_initializer="he_normal", name=name,
     )(x)
@@ -29,8 +34,8 @@ def _conv(x, filters, kernel, name, strides=1, dilation=1):
 def initial_block(x, name, filters=16, channels=3):
     """3x3/2 conv with ``filters - channels`` maps concatenated with a 2x2 max pool."""
     conv = _conv(x, filters - channels, 3, f"{name}_conv", strides=2)
-    pool = kl.MaxPooling2D(2, name=f"{name}_pool")(x)
-    x = kl.Concatenate(name=f"{name}_concat")([conv, pool])
+    pool = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
+    x = layers.Concatenate(name=f"{name}_concat")([conv, pool])
     x = _bn(x, f"{name}_bn")
     return _act(x, "prelu", f"{name}_act")
 
@@ -46,6 +51,7 @@ def bottleneck(
     projection is a 2x2 stride-2 conv and the main branch is max pooling with
     indices plus zero channels; returns ``(x, indices)`` then, else ``x``.
     """
+    C.one_of("enet bottleneck", "kind", kind, BOTTLENECK_KINDS)
     in_ch = x.shape[-1]
     internal = max(1, out_filters // projection_ratio)
     # extension branch
@@ -60,16 +66,14 @@ def bottleneck(
         e = _conv(e, internal, (1, asym), f"{name}_conv_b")
     elif kind == "dilated":
         e = _conv(e, internal, 3, f"{name}_conv", dilation=dilation)
-    elif kind == "regular":
-        e = _conv(e, internal, 3, f"{name}_conv")
     else:
-        raise ValueError(f"unknown bottleneck kind {kind!r}")
+        e = _conv(e, internal, 3, f"{name}_conv")
     e = _bn(e, f"{name}_conv_bn")
     e = _act(e, act, f"{name}_conv_act")
     e = _conv(e, out_filters, 1, f"{name}_expand")
     e = _bn(e, f"{name}_expand_bn")
     if dropout:
-        e = kl.SpatialDropout2D(dropout, name=f"{name}_dropout")(e)
+        e = layers.SpatialDropout2D(dropout, name=f"{name}_dropout")(e)
     # main branch
     indices = None
     m = x
@@ -77,29 +81,14 @@ def bottleneck(
         m, indices = L.MaxPoolingWithArgmax2D(name=f"{name}_pool")(x)
     if out_filters != in_ch:
         if out_filters < in_ch:
-            raise ValueError("ENet bottlenecks only widen on the main branch")
-        m = PadChannels(out_filters - in_ch, name=f"{name}_pad")(m)
-    x = kl.Add(name=f"{name}_add")([m, e])
+            raise ModelConfigError(
+                f"{name}: an ENet bottleneck only widens its main branch; "
+                f"received {in_ch} -> {out_filters} channels"
+            )
+        m = L.PadChannels(out_filters - in_ch, name=f"{name}_pad")(m)
+    x = layers.Add(name=f"{name}_add")([m, e])
     x = _act(x, act, f"{name}_out_act")
     return (x, indices) if downsample else x
-
-
-@keras.saving.register_keras_serializable(package="kseg")
-class PadChannels(kl.Layer):
-    """Append ``extra`` all-zero channels (ENet's downsampling main branch)."""
-
-    def __init__(self, extra, **kwargs):
-        super().__init__(**kwargs)
-        self.extra = int(extra)
-
-    def call(self, x):
-        return keras.ops.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.extra)))
-
-    def compute_output_shape(self, s):
-        return (*s[:-1], s[-1] + self.extra)
-
-    def get_config(self):
-        return {**super().get_config(), "extra": self.extra}
 
 
 def upsampling_bottleneck(x, indices, out_filters, name, dropout=0.1, projection_ratio=4):
@@ -112,7 +101,7 @@ def upsampling_bottleneck(x, indices, out_filters, name, dropout=0.1, projection
     e = _conv(x, internal, 1, f"{name}_proj")
     e = _bn(e, f"{name}_proj_bn")
     e = _act(e, "relu", f"{name}_proj_act")
-    e = kl.Conv2DTranspose(
+    e = layers.Conv2DTranspose(
         internal, 3, strides=2, padding="same", use_bias=False,
         kernel_initializer="he_normal", name=f"{name}_upconv",
     )(e)
@@ -121,8 +110,8 @@ def upsampling_bottleneck(x, indices, out_filters, name, dropout=0.1, projection
     e = _conv(e, out_filters, 1, f"{name}_expand")
     e = _bn(e, f"{name}_expand_bn")
     if dropout:
-        e = kl.SpatialDropout2D(dropout, name=f"{name}_dropout")(e)
-    x = kl.Add(name=f"{name}_add")([m, e])
+        e = layers.SpatialDropout2D(dropout, name=f"{name}_dropout")(e)
+    x = layers.Add(name=f"{name}_add")([m, e])
     return _act(x, "relu", f"{name}_out_act")
 
 
@@ -179,8 +168,8 @@ def enet(
         >>> from kseg.models import enet
         >>> model = enet(n_classes=12, input_shape=(360, 480, 3))
     """
-    L.check_channels_last()
-    check_input_size(name, input_shape[0], input_shape[1], 8, 16)
+    C.rate("enet", "dropout_stage1", dropout_stage1)
+    C.rate("enet", "dropout", dropout)
     inputs = keras.Input(shape=input_shape, name=f"{name}_input")
     x = initial_block(inputs, f"{name}_initial", channels=input_shape[-1] or 3)
     x, idx1 = bottleneck(x, 64, f"{name}_b1_0", downsample=True, dropout=dropout_stage1)
@@ -195,7 +184,7 @@ def enet(
         x = bottleneck(x, 64, f"{name}_b4_{i}", act="relu", dropout=dropout)
     x = upsampling_bottleneck(x, idx1, 16, f"{name}_b5_0", dropout=dropout)
     x = bottleneck(x, 16, f"{name}_b5_1", act="relu", dropout=dropout)
-    logits = kl.Conv2DTranspose(
+    logits = layers.Conv2DTranspose(
         n_classes, 2, strides=2, padding="same", name=f"{name}_fullconv"
     )(x)
     outputs = L.output_activation(logits, n_classes, f"{name}_head", activation)

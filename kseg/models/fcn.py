@@ -1,33 +1,111 @@
-"""FCN-8s (Long, Shelhamer, Darrell 2015) on a VGG16 encoder."""
+"""FCN-8s (Long, Shelhamer, Darrell 2015): the one FCN-8s head of the zoo, and ``fcn8``.
+
+:func:`fcn8_head` is used by ``fcn8`` (VGG16 encoder, with the convolutionalised
+fc6/fc7 layers) and ``mobilenet_fcn8`` (MobileNet encoder, scores on its last
+feature map).
+"""
 
 import keras
-from keras import layers as kl
+from keras import layers
 
+from kseg.models import _checks as C
 from kseg.models import layers as L
-from kseg.models.registry import check_input_size, register_model
+from kseg.models.backbones import build_encoder
+from kseg.models.registry import register_model
+
+# Layer-name suffixes of the head, by role (strides 32, 16, 8 of the fused scores).
+FCN8_STRIDE_NAMES = {
+    "score32": "score32", "score16": "score16", "score8": "score8",
+    "up32": "up32", "up16": "up16", "up8": "up8", "fuse16": "fuse16", "fuse8": "fuse8",
+}
+# The names of the authors' Caffe model (used by ``fcn8``).
+FCN8_CAFFE_NAMES = {
+    "score32": "score_fr", "score16": "score_pool4", "score8": "score_pool3",
+    "up32": "upscore2", "up16": "upscore_pool4", "up8": "upscore8",
+    "fuse16": "fuse_pool4", "fuse8": "fuse_pool3",
+}
 
 
-def vgg16_encoder(inputs, encoder_weights=None):
-    """keras.applications VGG16 (no top) on ``inputs``; returns the model.
+def fcn8_head(
+    feat8,
+    feat16,
+    feat32,
+    n_classes,
+    name,
+    *,
+    fc_filters=None,
+    dropout=0.5,
+    score_initializer="glorot_uniform",
+    train_final_upsampling=True,
+    layer_names=None,
+):
+    """The FCN-8s head: class scores at strides 32, 16 and 8, fused and upsampled.
 
-    ``encoder_weights="imagenet"`` loads the ImageNet weights (downloaded by Keras
-    on first use); a failed download is reported as a :class:`KsegError`.
+    Optional convolutionalised fully connected layers on ``feat32`` (``fc_filters``:
+    fc6 7x7 and fc7 1x1, ReLU, each followed by dropout; ``{name}_fc6``,
+    ``{name}_fc7``). Linear 1x1 score layers on (fc7 or) ``feat32``, ``feat16``
+    and ``feat8``; the stride-32 scores are upsampled x2 by a transposed
+    convolution and added to the stride-16 scores, the sum is upsampled x2 and
+    added to the stride-8 scores, and a x8 transposed convolution gives the
+    scores at the input resolution. The three transposed convolutions (no bias)
+    start as bilinear interpolation; the x2 ones are learned, the x8 one too
+    unless ``train_final_upsampling=False`` (fixed bilinear, as in the paper).
+
+    Args:
+        feat8, feat16, feat32: encoder features at strides 8, 16 and 32.
+        n_classes: number of classes (score channels).
+        name: layer-name prefix.
+        fc_filters: width of fc6/fc7, or ``None`` for no fc layers.
+        dropout: dropout rate after fc6 and fc7.
+        score_initializer: kernel initializer of the score layers (``"zeros"``
+            as in the paper, or Keras' default).
+        train_final_upsampling: whether the x8 upsampling is trainable.
+        layer_names: ``{role: suffix}`` for the score, upsampling and fusion
+            layers (default :data:`FCN8_STRIDE_NAMES`; ``fcn8`` uses the Caffe
+            model's :data:`FCN8_CAFFE_NAMES`).
+
+    Returns:
+        The linear class scores at 8x the resolution of ``feat8``.
     """
-    from kseg.errors import KsegError
+    n = {**FCN8_STRIDE_NAMES, **(layer_names or {})}
+    x = feat32
+    if fc_filters:
+        # TensorFlow 2.21's oneDNN bfloat16 training step of a conv from 4096 input channels
+        # to a few outputs (the stride-32 scores) corrupts the heap: the process aborts with
+        # "malloc(): unaligned tcache chunk detected" (2048 channels are fine, float32 is
+        # fine). Under mixed_bfloat16 that one layer computes in float32 (0.01% of the FLOPs).
+        bf16 = keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+        score32_dtype = "float32" if fc_filters > 2048 and bf16 else None
+        x = layers.Conv2D(fc_filters, 7, padding="same", activation="relu", name=f"{name}_fc6")(x)
+        x = layers.Dropout(dropout, name=f"{name}_fc6_dropout")(x)
+        x = layers.Conv2D(fc_filters, 1, padding="same", activation="relu", name=f"{name}_fc7")(x)
+        x = layers.Dropout(dropout, name=f"{name}_fc7_dropout")(x)
+    else:
+        score32_dtype = None
 
-    if encoder_weights not in (None, "imagenet"):
-        raise ValueError(f"encoder_weights must be None or 'imagenet'; received {encoder_weights!r}")
-    try:
-        return keras.applications.VGG16(
-            include_top=False, weights=encoder_weights, input_tensor=inputs
-        )
-    except Exception as e:  # network errors surface as many types
-        if encoder_weights is None:
-            raise
-        raise KsegError(
-            f"could not load ImageNet weights for VGG16 ({type(e).__name__}: {e}); "
-            "pass encoder_weights=None or place the weight file in ~/.keras/models/"
-        ) from None
+    def score(t, role, dtype=None):
+        return layers.Conv2D(
+            n_classes, 1, kernel_initializer=score_initializer, dtype=dtype,
+            name=f"{name}_{n[role]}",
+        )(t)
+
+    def upsample(t, factor, role, trainable=True):
+        return layers.Conv2DTranspose(
+            n_classes,
+            2 * factor,
+            strides=factor,
+            padding="same",
+            use_bias=False,
+            kernel_initializer=L.BilinearInitializer(),
+            trainable=trainable,
+            name=f"{name}_{n[role]}",
+        )(t)
+
+    x = upsample(score(x, "score32", score32_dtype), 2, "up32")
+    x = layers.Add(name=f"{name}_{n['fuse16']}")([x, score(feat16, "score16")])
+    x = upsample(x, 2, "up16")
+    x = layers.Add(name=f"{name}_{n['fuse8']}")([x, score(feat8, "score8")])
+    return upsample(x, 8, "up8", trainable=train_final_upsampling)
 
 
 @register_model(
@@ -59,7 +137,8 @@ def fcn8(
         - ``same`` padding everywhere instead of the 100-pixel input padding and
           crop layers of the Caffe model; any input whose sides are multiples of 32
           gives an output of exactly the input size;
-        - the encoder is keras.applications' VGG16 (ImageNet weights optional); the
+        - the encoder is kseg's VGG16 (:func:`kseg.models.vgg.vgg16_encoder`, the
+          layers of keras.applications' VGG16; ImageNet weights optional); the
           fc6/fc7 weights are not converted from the classifier, they start random;
         - the score layers are not zero-initialised (Keras' default initialiser);
           the pool4/pool3 scores are not rescaled (the "at-once" variant's 0.01/0.0001).
@@ -68,7 +147,8 @@ def fcn8(
         n_classes: number of classes (1 = binary, sigmoid output).
         input_shape: ``(H, W, 3)`` with H and W multiples of 32, or ``None``.
         activation: ``"softmax"``, ``"sigmoid"`` or ``None`` for logits.
-        encoder_weights: ``None`` or ``"imagenet"`` for the VGG16 encoder.
+        encoder_weights: ``None``, ``"imagenet"`` or a keras.applications VGG16
+            weights file for the encoder.
         fc_filters: width of fc6/fc7 (4096 in the paper).
         dropout: dropout after fc6 and fc7.
         name: model name and layer-name prefix.
@@ -80,38 +160,14 @@ def fcn8(
         >>> from kseg.models import fcn8
         >>> model = fcn8(n_classes=21, input_shape=(320, 480, 3))
     """
-    L.check_channels_last()
-    check_input_size(name, input_shape[0], input_shape[1], 32, 32)
+    C.positive_int("fcn8", "fc_filters", fc_filters, " (4096 in the paper)")
+    C.rate("fcn8", "dropout", dropout)
     inputs = keras.Input(shape=input_shape, name=f"{name}_input")
-    vgg = vgg16_encoder(inputs, encoder_weights)
-    pool3 = vgg.get_layer("block3_pool").output
-    pool4 = vgg.get_layer("block4_pool").output
-    pool5 = vgg.get_layer("block5_pool").output
-
-    # TensorFlow 2.21's oneDNN bfloat16 training step of a conv from 4096 input channels to
-    # a few outputs (score_fr) corrupts the heap: the process aborts with "malloc(): unaligned
-    # tcache chunk detected" (2048 channels are fine, float32 is fine). Under mixed_bfloat16
-    # that one layer computes in float32 (0.01% of the FLOPs).
-    fc_dtype = ("float32" if fc_filters > 2048 and keras.mixed_precision.global_policy().name == "mixed_bfloat16"
-                else None)
-    x = kl.Conv2D(fc_filters, 7, padding="same", activation="relu", name=f"{name}_fc6")(pool5)
-    x = kl.Dropout(dropout, name=f"{name}_fc6_dropout")(x)
-    x = kl.Conv2D(fc_filters, 1, padding="same", activation="relu", name=f"{name}_fc7")(x)
-    x = kl.Dropout(dropout, name=f"{name}_fc7_dropout")(x)
-    score_fr = kl.Conv2D(n_classes, 1, name=f"{name}_score_fr", dtype=fc_dtype)(x)
-
-    def up(t, factor, lname):
-        return kl.Conv2DTranspose(
-            n_classes, 2 * factor, strides=factor, padding="same", use_bias=False,
-            kernel_initializer=L.BilinearInitializer(), name=lname,
-        )(t)
-
-    up2 = up(score_fr, 2, f"{name}_upscore2")
-    score_pool4 = kl.Conv2D(n_classes, 1, name=f"{name}_score_pool4")(pool4)
-    fuse4 = kl.Add(name=f"{name}_fuse_pool4")([up2, score_pool4])
-    up4 = up(fuse4, 2, f"{name}_upscore_pool4")
-    score_pool3 = kl.Conv2D(n_classes, 1, name=f"{name}_score_pool3")(pool3)
-    fuse3 = kl.Add(name=f"{name}_fuse_pool3")([up4, score_pool3])
-    logits = up(fuse3, 8, f"{name}_upscore8")
+    vgg, _ = build_encoder("vgg16", inputs, weights=encoder_weights)
+    pool3, pool4, pool5 = (vgg.get_layer(f"block{s}_pool").output for s in (3, 4, 5))
+    logits = fcn8_head(
+        pool3, pool4, pool5, n_classes, name,
+        fc_filters=fc_filters, dropout=dropout, layer_names=FCN8_CAFFE_NAMES,
+    )
     outputs = L.output_activation(logits, n_classes, f"{name}_head", activation)
     return keras.Model(inputs, outputs, name=name)

@@ -3,8 +3,8 @@
 import keras
 from keras import layers
 
+from kseg.models import _checks as C
 from kseg.models import layers as L
-from kseg.models._context_blocks import ModelConfigError, check_args, check_positive
 from kseg.models.registry import register_model
 from kseg.models.resnet import bottleneck, residual_conv_bn
 
@@ -146,16 +146,12 @@ def hrnet(
         >>> model = hrnet(n_classes=19, input_shape=(512, 1024, 3))  # HRNetV2-W18
         >>> w32 = hrnet(n_classes=19, width=32)
     """
-    check_args(name, n_classes, input_shape, 32, 32)
-    check_positive(name, "width", width, hint=" (paper: 18, 32 or 48)")
-    check_positive(name, "num_blocks", num_blocks, hint=" (paper: 4)")
-    if not isinstance(stage_modules, (tuple, list)) or len(stage_modules) != 3:
-        raise ModelConfigError(
-            f"{name}: stage_modules must be three module counts for stages 2-4 "
-            f"(paper: (1, 4, 3)); received {stage_modules!r}"
-        )
-    for m in stage_modules:
-        check_positive(name, "each stage_modules entry", m, hint=" (paper: (1, 4, 3))")
+    C.positive_int("hrnet", "width", width, " (paper: 18, 32 or 48)")
+    C.positive_int("hrnet", "num_blocks", num_blocks, " (paper: 4)")
+    C.positive_ints(
+        "hrnet", "stage_modules", stage_modules, 3, " (paper: (1, 4, 3))",
+        what="three module counts for stages 2-4 (positive integers)",
+    )
     widths = [width * 2**i for i in range(4)]
 
     inputs = keras.Input(shape=input_shape, name=f"{name}_input")

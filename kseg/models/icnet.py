@@ -3,15 +3,11 @@
 import keras
 from keras import layers
 
+from kseg.models import _checks as C
 from kseg.models import layers as L
-from kseg.models._context_blocks import (
-    cascade_feature_fusion,
-    check_args,
-    check_positive,
-    pyramid_pooling,
-)
+from kseg.models._context_blocks import cascade_feature_fusion, pyramid_pooling
 from kseg.models.registry import register_model
-from kseg.models.resnet import RESNET_FILTERS, resnet_stage, resnet_stem, scaled
+from kseg.models.resnet import RESNET_FILTERS, resnet_stage, resnet_stem
 
 
 @register_model(
@@ -98,10 +94,12 @@ def icnet(
         >>> train_model.compile("adam", ["sparse_categorical_crossentropy"] * 3,
         ...                     loss_weights=[1.0, 0.4, 0.4])
     """
-    check_args(name, n_classes, input_shape, 32, 32)
-    check_positive(name, "width_multiplier", width_multiplier, integer=False, hint=" (1.0 = paper)")
-    for b in bins:
-        check_positive(name, "each pyramid bin", b, hint=" (paper: 1, 2, 3, 6)")
+    C.positive_number("icnet", "width_multiplier", width_multiplier, " (1.0 = paper)")
+    C.flag("icnet", "cascade_outputs", cascade_outputs)
+    C.positive_ints(
+        "icnet", "bins", bins, hint=" (paper: 1, 2, 3, 6)",
+        what="a sequence of bin sizes, and each pyramid bin must be a positive integer",
+    )
     wm = width_multiplier
     bw = 0.5 * wm  # the released ICNet halves PSPNet's ResNet-50 widths
     inputs = keras.Input(shape=input_shape, name=f"{name}_input")
@@ -109,8 +107,8 @@ def icnet(
     # Layers shared by the medium (1/2) and low (1/4) branches: output stride 8.
     shared_in = keras.Input(shape=(None, None, input_shape[2]), name=f"{name}_shared_input")
     s = resnet_stem(shared_in, f"{name}_stem", deep_stem=True, width_multiplier=bw)
-    s = resnet_stage(s, scaled(RESNET_FILTERS[0], bw), 3, f"{name}_stage1")
-    s = resnet_stage(s, scaled(RESNET_FILTERS[1], bw), 1, f"{name}_stage2", strides=2)
+    s = resnet_stage(s, L.scaled(RESNET_FILTERS[0], bw), 3, f"{name}_stage1")
+    s = resnet_stage(s, L.scaled(RESNET_FILTERS[1], bw), 1, f"{name}_stage2", strides=2)
     shared = keras.Model(shared_in, s, name=f"{name}_shared")
 
     half = layers.AveragePooling2D(2, name=f"{name}_input_half")(inputs)
@@ -118,18 +116,18 @@ def icnet(
     medium = shared(half)  # 1/16
     low = shared(quarter)  # 1/32
 
-    low = resnet_stage(low, scaled(RESNET_FILTERS[1], bw), 3, f"{name}_stage2", first=2)
-    low = resnet_stage(low, scaled(RESNET_FILTERS[2], bw), 6, f"{name}_stage3", dilation=2)
-    low = resnet_stage(low, scaled(RESNET_FILTERS[3], bw), 3, f"{name}_stage4", dilation=4)
+    low = resnet_stage(low, L.scaled(RESNET_FILTERS[1], bw), 3, f"{name}_stage2", first=2)
+    low = resnet_stage(low, L.scaled(RESNET_FILTERS[2], bw), 6, f"{name}_stage3", dilation=2)
+    low = resnet_stage(low, L.scaled(RESNET_FILTERS[3], bw), 3, f"{name}_stage4", dilation=4)
     low = pyramid_pooling(low, bins, name=f"{name}_ppm", mode="sum")
-    low = L.conv_bn_act(low, scaled(256, wm), 1, name=f"{name}_ppm_reduce")
+    low = L.conv_bn_act(low, L.scaled(256, wm), 1, name=f"{name}_ppm_reduce")
 
     high = inputs
     for i, filters in enumerate((32, 32, 64), start=1):
-        high = L.conv_bn_act(high, scaled(filters, wm), 3, strides=2, name=f"{name}_high_conv{i}")
+        high = L.conv_bn_act(high, L.scaled(filters, wm), 3, strides=2, name=f"{name}_high_conv{i}")
 
-    f16, aux16 = cascade_feature_fusion(low, medium, scaled(128, wm), n_classes, f"{name}_cff16")
-    f8, aux8 = cascade_feature_fusion(f16, high, scaled(128, wm), n_classes, f"{name}_cff8")
+    f16, aux16 = cascade_feature_fusion(low, medium, L.scaled(128, wm), n_classes, f"{name}_cff16")
+    f8, aux8 = cascade_feature_fusion(f16, high, L.scaled(128, wm), n_classes, f"{name}_cff8")
     x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_up4")(f8)
     x = layers.Conv2D(n_classes, 1, name=f"{name}_logits")(x)
     x = L.ResizeLike(name=f"{name}_upsample")([x, inputs])

@@ -7,14 +7,30 @@ serializable (package ``kseg``) and implement ``get_config`` so a saved
 
 Functional helpers take a tensor and a ``name`` prefix and return a tensor; every
 layer they create gets a deterministic name derived from that prefix.
+
+Every custom layer of the zoo is defined in this module (ResizeLike,
+AdaptiveAveragePooling2D, MaxPoolingWithArgmax2D, MaxUnpooling2D, PadChannels)
+so that one test (tests/models/test_conventions.py) checks all of them: config
+round trip, ``.keras`` save/load and mixed precision. A new layer must be added
+to that test's sample arguments, or the test fails.
+
+Import convention of kseg/models: ``from keras import layers`` for Keras'
+layers and ``from kseg.models import layers as L`` for this module.
 """
 
-import numpy as np
 import keras
+import numpy as np
 from keras import layers, ops
+
+from kseg.models import _checks as C
 
 BN_MOMENTUM = 0.9  # Keras momentum: decay of the moving average (= PyTorch momentum 0.1)
 BN_EPSILON = 1e-3
+
+
+def scaled(channels, width_multiplier):
+    """``channels * width_multiplier`` rounded, at least 1 (widths of scaled-down models)."""
+    return max(1, int(round(channels * width_multiplier)))
 
 
 def bn(x, name, momentum=BN_MOMENTUM, epsilon=BN_EPSILON):
@@ -65,14 +81,11 @@ def resolve_activation(activation, n_classes):
     ``n_classes == 1`` (a softmax over one channel is constantly 1). ``None`` or
     ``"linear"`` returns logits.
     """
+    C.activation("output layer", activation)
     if activation in (None, "linear", "none"):
         return None
     if activation == "softmax" and n_classes == 1:
         return "sigmoid"
-    if activation not in ("softmax", "sigmoid"):
-        raise ValueError(
-            f"activation must be 'softmax', 'sigmoid' or None (logits); received {activation!r}"
-        )
     return activation
 
 
@@ -95,13 +108,6 @@ def output_activation(x, n_classes, name, activation="softmax"):
     """Apply the output activation (float32) to logits ``x``."""
     act = resolve_activation(activation, n_classes) or "linear"
     return layers.Activation(act, dtype="float32", name=f"{name}_{act}")(x)
-
-
-def check_channels_last():
-    if keras.config.image_data_format() != "channels_last":
-        raise ValueError(
-            "kseg models are channels-last; set keras.config.set_image_data_format('channels_last')"
-        )
 
 
 # --------------------------------------------------------------------------------------
@@ -221,3 +227,74 @@ class MaxUnpooling2D(layers.Layer):
     def compute_output_shape(self, input_shapes):
         b, h, w, c = input_shapes[0]
         return (b, None if h is None else h * 2, None if w is None else w * 2, c)
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class PadChannels(layers.Layer):
+    """Append ``extra`` all-zero channels (ENet's downsampling main branch)."""
+
+    def __init__(self, extra, **kwargs):
+        super().__init__(**kwargs)
+        self.extra = int(extra)
+
+    def call(self, x):
+        return ops.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.extra)))
+
+    def compute_output_shape(self, s):
+        return (*s[:-1], s[-1] + self.extra)
+
+    def get_config(self):
+        return {**super().get_config(), "extra": self.extra}
+
+
+# --------------------------------------------------------------------------------------
+# Adaptive average pooling (PSPNet, ICNet)
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class AdaptiveAveragePooling2D(layers.Layer):
+    """Average-pool a ``(B, H, W, C)`` map to ``(B, bins, bins, C)`` for any H, W.
+
+    Bin ``i`` along an axis of length ``n`` covers ``[floor(i * n / bins),
+    ceil((i + 1) * n / bins))`` -- the edges of PyTorch's ``adaptive_avg_pool2d`` --
+    so bins may overlap by one pixel when ``n`` is not a multiple of ``bins``, and
+    every bin holds at least one pixel even when ``n < bins``.
+
+    The pooling is written as two small matrix products, ``P_h @ x @ P_w^T``, where
+    row ``i`` of ``P_h`` (``bins x H``) holds ``1 / len(bin_i)`` over the pixels of
+    bin ``i``. The matrices are built from the runtime shape, so the layer works with
+    ``None`` spatial dimensions on every backend.
+
+    Args:
+        bins: number of bins along each spatial axis (an int).
+    """
+
+    def __init__(self, bins, **kwargs):
+        super().__init__(**kwargs)
+        self.bins = int(C.positive_int("AdaptiveAveragePooling2D", "bins", bins))
+
+    def _pool_matrix(self, n, dtype):
+        i = ops.arange(self.bins, dtype="int32")
+        start = (i * n) // self.bins
+        end = ((i + 1) * n + self.bins - 1) // self.bins
+        pos = ops.arange(n, dtype="int32")
+        inside = ops.logical_and(
+            ops.greater_equal(pos[None, :], start[:, None]),
+            ops.less(pos[None, :], end[:, None]),
+        )
+        inside = ops.cast(inside, "float32")
+        weights = inside / ops.sum(inside, axis=1, keepdims=True)
+        return ops.cast(weights, dtype)
+
+    def call(self, x):
+        shape = ops.shape(x)
+        ph = self._pool_matrix(shape[1], x.dtype)
+        pw = self._pool_matrix(shape[2], x.dtype)
+        x = ops.einsum("ih,bhwc->biwc", ph, x)
+        return ops.einsum("jw,biwc->bijc", pw, x)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.bins, self.bins, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "bins": self.bins}

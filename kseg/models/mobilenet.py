@@ -1,12 +1,13 @@
 """MobileNet (v1) encoder models: ``mobilenet_unet`` and ``mobilenet_fcn8``."""
 
 import keras
-from keras import layers
 
-from kseg.models import layers as kl
+from kseg.models import _checks as C
+from kseg.models import fcn
+from kseg.models import layers as L
 from kseg.models.backbones import build_encoder
 from kseg.models.encoder_unet import DEFAULT_DECODER_FILTERS, encoder_unet
-from kseg.models.registry import check_input_size, register_model
+from kseg.models.registry import register_model
 
 
 @register_model(
@@ -63,6 +64,7 @@ def mobilenet_unet(
         >>> model.output_shape
         (None, 224, 224, 2)
     """
+    C.positive_number("mobilenet_unet", "alpha", alpha, " (1.0 = paper)")
     return encoder_unet(
         n_classes,
         input_shape,
@@ -88,6 +90,10 @@ def mobilenet_fcn8(
     name="mobilenet_fcn8",
 ):
     """FCN-8s with a MobileNet (v1) encoder: class scores at 1/32, 1/16, 1/8 fused and upsampled.
+
+    The head is :func:`kseg.models.fcn.fcn8_head`, the one shared with ``fcn8``
+    (layers ``{name}_score32``, ``_up32``, ``_fuse16``, ``_score16``, ``_up16``,
+    ``_fuse8``, ``_score8``, ``_up8``).
 
     FCN-8s (Long, Shelhamer & Darrell, "Fully Convolutional Networks for
     Semantic Segmentation", CVPR 2015) on MobileNet (Howard et al., 2017) from
@@ -129,32 +135,12 @@ def mobilenet_fcn8(
         >>> model.output_shape
         (None, 224, 224, 21)
     """
-    kl.check_channels_last()
-    check_input_size(name, input_shape[0], input_shape[1], 32, 32)
+    C.positive_number("mobilenet_fcn8", "alpha", alpha, " (1.0 = paper)")
     inputs = keras.Input(tuple(input_shape), name=f"{name}_input")
     _, taps = build_encoder("mobilenet", inputs, weights=encoder_weights, alpha=alpha)
-
-    def score(x, stride):
-        return layers.Conv2D(
-            n_classes, 1, kernel_initializer="zeros", name=f"{name}_score{stride}"
-        )(x)
-
-    def upsample(x, factor, label, trainable=True):
-        return layers.Conv2DTranspose(
-            n_classes,
-            2 * factor,
-            strides=factor,
-            padding="same",
-            use_bias=False,
-            kernel_initializer=kl.BilinearInitializer(),
-            trainable=trainable,
-            name=f"{name}_{label}",
-        )(x)
-
-    x = upsample(score(taps[32], 32), 2, "up32")
-    x = layers.Add(name=f"{name}_fuse16")([x, score(taps[16], 16)])
-    x = upsample(x, 2, "up16")
-    x = layers.Add(name=f"{name}_fuse8")([x, score(taps[8], 8)])
-    x = upsample(x, 8, "up8", trainable=False)
-    outputs = kl.output_activation(x, n_classes, name, activation=activation)
+    logits = fcn.fcn8_head(
+        taps[8], taps[16], taps[32], n_classes, name,
+        score_initializer="zeros", train_final_upsampling=False,
+    )
+    outputs = L.output_activation(logits, n_classes, name, activation=activation)
     return keras.Model(inputs, outputs, name=name)

@@ -3,6 +3,7 @@
 import keras
 from keras import layers
 
+from kseg.models import _checks as C
 from kseg.models import _unet_blocks as B
 from kseg.models import layers as L
 from kseg.models.registry import register_model
@@ -75,7 +76,9 @@ def unet_plus_plus(
         >>> [tuple(o.shape) for o in model.outputs]
         [(None, 96, 96, 2), (None, 96, 96, 2), (None, 96, 96, 2), (None, 96, 96, 2)]
     """
-    B.check_builder_args("unet++", n_classes, input_shape, base_filters=base_filters)
+    C.positive_int("unet++", "base_filters", base_filters)
+    C.flag("unet++", "deep_supervision", deep_supervision)
+    C.flag("unet++", "use_bn", use_bn)
     widths = B.level_widths(base_filters)
     depth = len(widths) - 1
 

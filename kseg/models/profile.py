@@ -11,6 +11,8 @@ import math
 
 import keras
 
+from kseg.errors import InputShapeError
+
 
 def _prod(shape):
     return int(math.prod(int(d) for d in shape))
@@ -80,8 +82,9 @@ def count_macs(model):
     total = 0
     for layer, in_shape, out_shape in _iter_calls(model):
         if any(d is None for d in in_shape[1:]) or any(d is None for d in out_shape[1:]):
-            raise ValueError(
-                f"count_macs needs a model built with a fixed input size ({layer.name} has {in_shape})"
+            raise InputShapeError(
+                f"count_macs needs a model built with a fixed input size ({layer.name} has {in_shape}); "
+                "build it with input_height and input_width"
             )
         total += _layer_macs(layer, in_shape, out_shape)
     return total

@@ -3,20 +3,23 @@
 import keras
 from keras import layers
 
+from kseg.models import _checks as C
 from kseg.models import layers as L
-from kseg.models._context_blocks import (
-    ModelConfigError,
-    check_args,
-    check_positive,
-    pyramid_pooling,
-)
+from kseg.models._context_blocks import pyramid_pooling
 from kseg.models.registry import register_model
-from kseg.models.resnet import dilated_resnet, scaled
+from kseg.models.resnet import RESNET_BLOCKS, dilated_resnet
+
+MODEL = "pspnet"
+
+
+def _divisor(options):
+    """Input sizes must be multiples of the output stride (8 or 16)."""
+    return C.one_of(MODEL, "output_stride", options["output_stride"], (8, 16))
 
 
 @register_model(
-    "pspnet",
-    divisor=8,
+    MODEL,
+    divisor=_divisor,
     min_size=32,
     test_size=(64, 64),
     test_kwargs={"width_multiplier": 0.0625},
@@ -88,14 +91,15 @@ def pspnet(
         >>> train_model.compile("adam", ["sparse_categorical_crossentropy"] * 2,
         ...                     loss_weights=[1.0, 0.4])
     """
-    if output_stride not in (8, 16):
-        raise ModelConfigError(
-            f"{name}: output_stride must be 8 or 16; received {output_stride!r}"
-        )
-    check_args(name, n_classes, input_shape, output_stride, 32)
-    check_positive(name, "width_multiplier", width_multiplier, integer=False, hint=" (1.0 = paper)")
-    for b in bins:
-        check_positive(name, "each pyramid bin", b, hint=" (paper: 1, 2, 3, 6)")
+    C.known_name(MODEL, "backbone", backbone, RESNET_BLOCKS)
+    C.flag(MODEL, "deep_stem", deep_stem)
+    C.flag(MODEL, "aux_head", aux_head)
+    C.positive_number(MODEL, "width_multiplier", width_multiplier, " (1.0 = paper)")
+    C.rate(MODEL, "dropout", dropout)
+    C.positive_ints(
+        MODEL, "bins", bins, hint=" (paper: 1, 2, 3, 6)",
+        what="a sequence of bin sizes, and each pyramid bin must be a positive integer",
+    )
     inputs = keras.Input(shape=input_shape, name=f"{name}_input")
     features = dilated_resnet(
         inputs,
@@ -106,13 +110,13 @@ def pspnet(
         width_multiplier=width_multiplier,
     )
     x = pyramid_pooling(features[3], bins, name=f"{name}_ppm")
-    x = L.conv_bn_act(x, scaled(512, width_multiplier), 3, name=f"{name}_head")
+    x = L.conv_bn_act(x, L.scaled(512, width_multiplier), 3, name=f"{name}_head")
     x = layers.Dropout(dropout, name=f"{name}_head_dropout")(x)
     x = layers.Conv2D(n_classes, 1, name=f"{name}_logits")(x)
     x = L.ResizeLike(name=f"{name}_upsample")([x, inputs])
     outputs = L.output_activation(x, n_classes, name, activation)
     if aux_head:
-        a = L.conv_bn_act(features[2], scaled(256, width_multiplier), 3, name=f"{name}_aux")
+        a = L.conv_bn_act(features[2], L.scaled(256, width_multiplier), 3, name=f"{name}_aux")
         a = layers.Dropout(dropout, name=f"{name}_aux_dropout")(a)
         a = layers.Conv2D(n_classes, 1, name=f"{name}_aux_logits")(a)
         a = L.ResizeLike(name=f"{name}_aux_upsample")([a, inputs])

@@ -4,6 +4,7 @@ import functools
 
 import keras
 
+from kseg.models import _checks as C
 from kseg.models import _unet_blocks as B
 from kseg.models import layers as L
 from kseg.models._unet_blocks import recurrent_conv, rrcnn_unit  # noqa: F401 (re-export)
@@ -77,7 +78,8 @@ def r2unet(
         >>> model.output_shape
         (None, 128, 128, 2)
     """
-    B.check_builder_args("r2unet", n_classes, input_shape, base_filters=base_filters, t=t)
+    C.positive_int("r2unet", "base_filters", base_filters)
+    C.positive_int("r2unet", "t", t, " (2 in the paper)")
     inputs = keras.Input(shape=input_shape, name=f"{name}_input")
     block = functools.partial(_rrcnn_block, t=t)
     x = B.unet_body(inputs, B.level_widths(base_filters), name, block)

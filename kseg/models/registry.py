@@ -1,9 +1,28 @@
-"""The model registry: builders register themselves by name with a decorator."""
+"""The model registry: builders register themselves by name with a decorator.
+
+:func:`register_model` is also where the options every builder shares are
+checked, ONCE for all builders: it wraps the builder so that, before anything is
+built, a call -- direct (``unet(n_classes=2, input_shape=(65, 65, 3))``) or
+through :func:`get_model` -- has
+
+* only options the builder takes (``UnknownNameError`` listing them),
+* channels-last Keras, a positive integer ``n_classes``, a well-formed
+  ``input_shape`` and a known ``activation`` (:mod:`kseg.models._checks`),
+* an input height and width that follow the model's size rule, the
+  ``divisor`` / ``min_size`` given to :func:`register_model`
+  (:func:`check_input_size`, ``InputShapeError`` naming every bad dimension).
+
+Builders therefore check only their own options and never call
+:func:`check_input_size` themselves.
+"""
 
 import dataclasses
+import functools
 import inspect
 
-from kseg.errors import InputShapeError, unknown_name
+from kseg.errors import UnknownNameError, unknown_name
+from kseg.models import _checks as C
+from kseg.models._checks import check_input_size  # noqa: F401 (public here: kseg.training imports it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -12,15 +31,18 @@ class ModelSpec:
 
     Attributes:
         name: registry name (``"unet++"``).
-        builder: the public builder function.
-        divisor: input height and width must be multiples of this.
-        min_size: smallest allowed input height/width.
+        builder: the public builder function (wrapped by :func:`register_model`).
+        divisor: input height and width must be multiples of this (with the
+            builder's default options; see :meth:`size_rule`).
+        min_size: smallest allowed input height/width (default options).
         test_size: the smallest convenient (height, width) for tests and the cost table.
         test_kwargs: extra builder arguments used by the fast parametrized tests
             (e.g. narrower widths); the golden parameter count always uses defaults.
         dynamic: the model can be built with ``None`` height/width (any allowed size
             at run time). Training builds such models size-free so that one saved
             model serves every prediction mode; others are built at the input size.
+        rule: ``rule(options) -> (divisor, min_size)`` for the builder's bound
+            options (all parameters, defaults filled in).
     """
 
     name: str
@@ -30,27 +52,90 @@ class ModelSpec:
     test_size: tuple = (64, 64)
     test_kwargs: dict = dataclasses.field(default_factory=dict)
     dynamic: bool = True
+    rule: object = None
+
+    def size_rule(self, **options):
+        """``(divisor, min_size)`` of the model built with ``options`` (others default)."""
+        bound = inspect.signature(self.builder).bind_partial(**options)
+        bound.apply_defaults()
+        return self.rule(dict(bound.arguments))
 
 
 _REGISTRY = {}
 
 
+def _as_rule(value):
+    """An int or a callable of the options -> a callable of the options."""
+    return value if callable(value) else (lambda options: value)
+
+
 def register_model(name, *, divisor=1, min_size=None, test_size=None, test_kwargs=None, dynamic=True):
-    """Decorator registering a model builder under ``name``.
+    """Decorator registering a model builder under ``name`` and checking its shared options.
+
+    Args:
+        name: registry name.
+        divisor: input height and width must be multiples of this. Either an int
+            or, when the rule depends on the builder's options, a function of the
+            options dict (all parameters, defaults filled in) returning the int,
+            e.g. ``lambda o: 2 ** o["depth"]``; such a function validates the
+            options it reads (it runs before the builder).
+        min_size: smallest allowed input height/width (int or function of the
+            options); default ``divisor``.
+        test_size, test_kwargs, dynamic: see :class:`ModelSpec`.
+
+    The returned builder is a wrapper (``functools.wraps``: same name, docstring
+    and ``inspect.signature``; ``__wrapped__`` is the undecorated function) that
+    runs the shared checks described in the module docstring and then the builder.
 
     Example:
         >>> @register_model("my_net", divisor=16)
-        ... def my_net(n_classes=2, input_shape=(None, None, 3), **kw): ...
+        ... def my_net(n_classes=2, input_shape=(None, None, 3), *, activation="softmax"): ...
     """
 
     def deco(fn):
         if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
-        ms = min_size if min_size is not None else divisor
-        ts = test_size if test_size is not None else (max(ms, divisor, 32),) * 2
-        _REGISTRY[name] = ModelSpec(name, fn, divisor, ms, tuple(ts), dict(test_kwargs or {}), dynamic)
-        fn.kseg_name = name
-        return fn
+            raise RuntimeError(f"model {name!r} is registered twice")
+        sig = inspect.signature(fn)
+        params = sig.parameters
+        accepts_var = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        div_rule = _as_rule(divisor)
+        min_rule = _as_rule(min_size) if min_size is not None else div_rule
+
+        def rule(options):
+            return div_rule(options), min_rule(options)
+
+        defaults = sig.bind_partial()
+        defaults.apply_defaults()
+        d0, m0 = rule(dict(defaults.arguments))
+
+        @functools.wraps(fn)
+        def builder(*args, **kwargs):
+            if not accepts_var:
+                for k in kwargs:
+                    if k not in params:
+                        valid = [p for p in params if p not in ("n_classes", "input_shape")]
+                        raise UnknownNameError(
+                            f"unknown option of model {name}: {k!r}; valid options are: {', '.join(valid)}"
+                        )
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            options = dict(bound.arguments)
+            C.check_channels_last(name)
+            C.positive_int(name, "n_classes", options["n_classes"])
+            shape = C.input_shape(name, options["input_shape"])
+            if "activation" in options:
+                C.activation(name, options["activation"])
+            div, min_ = rule(options)
+            check_input_size(name, shape[0], shape[1], div, min_)
+            return fn(*bound.args, **bound.kwargs)
+
+        builder.__kwdefaults__ = fn.__kwdefaults__  # functools.wraps does not copy them
+        builder.kseg_name = name
+        ts = test_size if test_size is not None else (max(m0, d0, 32),) * 2
+        _REGISTRY[name] = ModelSpec(
+            name, builder, d0, m0, tuple(ts), dict(test_kwargs or {}), dynamic, rule
+        )
+        return builder
 
     return deco
 
@@ -67,24 +152,11 @@ def model_spec(name):
     return _REGISTRY[name]
 
 
-def check_input_size(name, height, width, divisor=1, min_size=1):
-    """Raise :class:`InputShapeError` unless (height, width) suits the model.
-
-    ``None`` dimensions (dynamic size) pass; they are checked when data arrives.
-    """
-    for what, v in (("height", height), ("width", width)):
-        if v is None:
-            continue
-        if v < min_size or v % divisor:
-            raise InputShapeError(
-                f"{name}: input {what} {v} is not allowed; it must be a multiple of "
-                f"{divisor} and at least {min_size} (e.g. {max(min_size, divisor * max(1, round(v / divisor)))}); "
-                f"change --input_{what}"
-            )
-
-
 def get_model(name, n_classes=2, input_height=None, input_width=None, channels=3, **kwargs):
     """Build a registered model by name.
+
+    The builder's own wrapper (see :func:`register_model`) checks the options and
+    the input size against the model's registered rule.
 
     Args:
         name: a name from :func:`list_models`.
@@ -97,13 +169,6 @@ def get_model(name, n_classes=2, input_height=None, input_width=None, channels=3
         A ``keras.Model`` mapping ``(B, H, W, channels)`` to ``(B, H, W, n_classes)``.
     """
     spec = model_spec(name)
-    check_input_size(name, input_height, input_width, spec.divisor, spec.min_size)
-    params = inspect.signature(spec.builder).parameters
-    accepts_var = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    for k in kwargs:
-        if k not in params and not accepts_var:
-            valid = [p for p in params if p not in ("n_classes", "input_shape")]
-            raise unknown_name(f"option of model {name}", k, valid)
     return spec.builder(
         n_classes=n_classes, input_shape=(input_height, input_width, channels), **kwargs
     )

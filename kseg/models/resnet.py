@@ -1,6 +1,7 @@
-"""Dilated backbones built from ``keras.layers``: ResNet-50/101 and VGG16.
+"""Dilated ResNet-50/101 built from ``keras.layers`` (DeepLabV2's dilated VGG16 is
+:func:`kseg.models.vgg.dilated_vgg16`, on the zoo's one VGG16 body).
 
-Used by PSPNet, ICNet and DeepLabV2. Unlike ``keras.applications`` these are
+Used by PSPNet, ICNet, DeepLabV2 and HRNet. Unlike ``keras.applications`` these are
 written out layer by layer so the last stages can trade stride for dilation
 ("atrous" convolution, Yu & Koltun 2016; Chen et al. 2017) and keep an output
 stride of 8 or 16, and so widths can be scaled down for tests.
@@ -12,17 +13,11 @@ registered here.
 
 from keras import layers
 
-from kseg.errors import unknown_name
-from kseg.models._context_blocks import ModelConfigError
-from kseg.models.layers import BN_EPSILON, BN_MOMENTUM, conv_bn_act
+from kseg.models import _checks as C
+from kseg.models import layers as L
 
 RESNET_BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
 RESNET_FILTERS = (64, 128, 256, 512)  # bottleneck widths; outputs are 4x these
-
-
-def scaled(channels, width_multiplier):
-    """``channels * width_multiplier`` rounded, at least 1."""
-    return max(1, int(round(channels * width_multiplier)))
 
 
 def residual_conv_bn(x, filters, kernel_size, name):
@@ -44,7 +39,7 @@ def residual_conv_bn(x, filters, kernel_size, name):
         name=f"{name}_conv",
     )(x)
     return layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, gamma_initializer="zeros", name=f"{name}_bn"
+        momentum=L.BN_MOMENTUM, epsilon=L.BN_EPSILON, gamma_initializer="zeros", name=f"{name}_bn"
     )(x)
 
 
@@ -59,9 +54,9 @@ def bottleneck(x, filters, name, strides=1, dilation=1, expansion=4):
     out = filters * expansion
     shortcut = x
     if strides != 1 or x.shape[-1] != out:
-        shortcut = conv_bn_act(x, out, 1, strides=strides, activation=None, name=f"{name}_proj")
-    y = conv_bn_act(x, filters, 1, name=f"{name}_reduce")
-    y = conv_bn_act(y, filters, 3, strides=strides, dilation_rate=dilation, name=f"{name}_conv")
+        shortcut = L.conv_bn_act(x, out, 1, strides=strides, activation=None, name=f"{name}_proj")
+    y = L.conv_bn_act(x, filters, 1, name=f"{name}_reduce")
+    y = L.conv_bn_act(y, filters, 3, strides=strides, dilation_rate=dilation, name=f"{name}_conv")
     y = residual_conv_bn(y, out, 1, f"{name}_expand")
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.Activation("relu", name=f"{name}_out")(y)
@@ -76,11 +71,11 @@ def resnet_stem(x, name, deep_stem=True, width_multiplier=1.0):
     """
     w = width_multiplier
     if deep_stem:
-        x = conv_bn_act(x, scaled(64, w), 3, strides=2, name=f"{name}_conv1")
-        x = conv_bn_act(x, scaled(64, w), 3, name=f"{name}_conv2")
-        x = conv_bn_act(x, scaled(128, w), 3, name=f"{name}_conv3")
+        x = L.conv_bn_act(x, L.scaled(64, w), 3, strides=2, name=f"{name}_conv1")
+        x = L.conv_bn_act(x, L.scaled(64, w), 3, name=f"{name}_conv2")
+        x = L.conv_bn_act(x, L.scaled(128, w), 3, name=f"{name}_conv3")
     else:
-        x = conv_bn_act(x, scaled(64, w), 7, strides=2, name=f"{name}_conv1")
+        x = L.conv_bn_act(x, L.scaled(64, w), 7, strides=2, name=f"{name}_conv1")
     return layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_pool")(x)
 
 
@@ -122,10 +117,8 @@ def dilated_resnet(
         The list of the four stage outputs, at strides 4, 8, 8|16, 8|16 with
         256, 512, 1024, 2048 channels (times ``width_multiplier``).
     """
-    if backbone not in RESNET_BLOCKS:
-        raise unknown_name("backbone", backbone, RESNET_BLOCKS)
-    if output_stride not in (8, 16):
-        raise ModelConfigError(f"{name}: output_stride must be 8 or 16; received {output_stride!r}")
+    C.known_name(name, "backbone", backbone, RESNET_BLOCKS)
+    C.one_of(name, "output_stride", output_stride, (8, 16))
     blocks = RESNET_BLOCKS[backbone]
     strides = (1, 2, 1, 1) if output_stride == 8 else (1, 2, 2, 1)
     dilations = (1, 1, 2, 4) if output_stride == 8 else (1, 1, 1, 2)
@@ -134,7 +127,7 @@ def dilated_resnet(
     for i in range(4):
         x = resnet_stage(
             x,
-            scaled(RESNET_FILTERS[i], width_multiplier),
+            L.scaled(RESNET_FILTERS[i], width_multiplier),
             blocks[i],
             f"{name}_stage{i + 1}",
             strides=strides[i],
@@ -142,35 +135,3 @@ def dilated_resnet(
         )
         features.append(x)
     return features
-
-
-VGG16_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
-
-
-def dilated_vgg16(x, name, width_multiplier=1.0):
-    """DeepLab's dilated VGG16 (output stride 8) applied to ``x``.
-
-    The 13 VGG16 conv layers (3x3, bias, ReLU, no BN, He-normal initialisation)
-    named ``{name}_conv{s}_{i}``;
-    each stage ends in a 3x3 max pool with "same" padding, stride 2 after stages
-    1-3 and stride 1 after stages 4 and 5 (pool4/pool5), and the stage-5 convs use
-    dilation 2 to keep the receptive field the strides would have given.
-
-    Returns:
-        The pool5 output: stride 8, 512 channels (times ``width_multiplier``).
-    """
-    for s, (filters, n) in enumerate(VGG16_STAGES, start=1):
-        for i in range(1, n + 1):
-            x = layers.Conv2D(
-                scaled(filters, width_multiplier),
-                3,
-                padding="same",
-                dilation_rate=2 if s == 5 else 1,
-                activation="relu",
-                kernel_initializer="he_normal",
-                name=f"{name}_conv{s}_{i}",
-            )(x)
-        x = layers.MaxPooling2D(
-            3, strides=2 if s <= 3 else 1, padding="same", name=f"{name}_pool{s}"
-        )(x)
-    return x

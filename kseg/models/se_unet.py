@@ -2,7 +2,7 @@
 
 import keras
 
-from kseg.errors import unknown_name
+from kseg.models import _checks as C
 from kseg.models import _unet_blocks as B
 from kseg.models import layers as L
 from kseg.models.registry import register_model
@@ -62,7 +62,8 @@ def seunet(
         >>> model.output_shape
         (None, 256, 256, 3)
     """
-    B.check_builder_args("seunet", n_classes, input_shape, base_filters=base_filters, ratio=ratio)
+    C.positive_int("seunet", "base_filters", base_filters)
+    C.positive_int("seunet", "ratio", ratio, " (16 in Hu et al.)")
 
     def block(x, filters, block_name):
         x = L.double_conv(x, filters, block_name)
@@ -132,9 +133,9 @@ def scseunet(
         >>> model.output_shape
         (None, 256, 256, 3)
     """
-    B.check_builder_args("scseunet", n_classes, input_shape, base_filters=base_filters, ratio=ratio)
-    if combine not in B.SCSE_COMBINE:
-        raise unknown_name("scseunet combine mode", combine, B.SCSE_COMBINE)
+    C.positive_int("scseunet", "base_filters", base_filters)
+    C.positive_int("scseunet", "ratio", ratio, " (2 in Roy et al.)")
+    C.known_name("scseunet", "combine", combine, B.SCSE_COMBINE)
 
     def block(x, filters, block_name):
         x = L.double_conv(x, filters, block_name)

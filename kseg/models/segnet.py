@@ -2,11 +2,12 @@
 
 import keras
 
+from kseg.errors import ModelConfigError
+from kseg.models import _checks as C
 from kseg.models import layers as L
-from kseg.models.registry import check_input_size, register_model
-
-# (convs per stage, width) of the VGG16 topology
-_VGG16_STAGES = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+from kseg.models.backbones import pretrained_reference
+from kseg.models.registry import register_model
+from kseg.models import vgg
 
 
 @register_model(
@@ -27,8 +28,8 @@ def segnet(
     Convolutional Encoder-Decoder Architecture for Image Segmentation", TPAMI 2017
     (arXiv:1511.00561).
 
-    The encoder has the 13 convolutions of VGG16 (64..512) each followed by BN and
-    ReLU, with 2x2 max pooling that remembers where each maximum came from
+    The encoder is kseg's VGG16 body (:func:`kseg.models.vgg.vgg16_body`): the 13
+    convolutions of VGG16 (64..512) each followed by BN and ReLU, with 2x2 max pooling that remembers where each maximum came from
     (:class:`~kseg.models.layers.MaxPoolingWithArgmax2D`). Each decoder stage
     max-unpools its input with the indices of the matching encoder stage (a sparse
     map with values at the remembered positions) and densifies it with
@@ -47,7 +48,8 @@ def segnet(
         n_classes: number of classes (1 = binary, sigmoid output).
         input_shape: ``(H, W, C)`` with H and W multiples of 32, or ``None``.
         activation: ``"softmax"``, ``"sigmoid"`` or ``None`` for logits.
-        encoder_weights: ``None`` or ``"imagenet"`` (VGG16 kernels, needs 3 channels).
+        encoder_weights: ``None`` or ``"imagenet"`` (VGG16 kernels, needs 3 channels
+            and ``width_divisor=1``).
         width_divisor: divide every width by this (1 = the paper's widths; for tests).
         name: model name and layer-name prefix.
 
@@ -58,21 +60,30 @@ def segnet(
         >>> from kseg.models import segnet
         >>> model = segnet(n_classes=12, input_shape=(352, 480, 3))
     """
-    L.check_channels_last()
-    check_input_size(name, input_shape[0], input_shape[1], 32, 32)
+    C.positive_int("segnet", "width_divisor", width_divisor, " (1 = the paper's widths)")
+    C.one_of("segnet", "encoder_weights", encoder_weights, (None, "imagenet"))
+    if encoder_weights is not None and (input_shape[-1] != 3 or width_divisor != 1):
+        raise ModelConfigError(
+            f"segnet: encoder_weights={encoder_weights!r} needs 3 input channels and "
+            f"width_divisor=1; received {input_shape[-1]} channels, width_divisor={width_divisor}"
+        )
     inputs = keras.Input(shape=input_shape, name=f"{name}_input")
-    x = inputs
     indices = []
     widths = []
-    for s, (n_convs, w) in enumerate(_VGG16_STAGES, start=1):
-        w = max(1, w // width_divisor)
-        for c in range(1, n_convs + 1):
-            x = L.conv_bn_act(x, w, 3, name=f"{name}_enc{s}_conv{c}")
-        x, idx = L.MaxPoolingWithArgmax2D(name=f"{name}_enc{s}_pool")(x)
+
+    def conv(x, filters, stage, index):
+        width = max(1, filters // width_divisor)
+        return L.conv_bn_act(x, width, 3, name=f"{name}_enc{stage}_conv{index}")
+
+    def pool(x, stage):
+        x, idx = L.MaxPoolingWithArgmax2D(name=f"{name}_enc{stage}_pool")(x)
         indices.append(idx)
-        widths.append(w)
-    for s in range(len(_VGG16_STAGES), 0, -1):
-        n_convs, _ = _VGG16_STAGES[s - 1]
+        widths.append(x.shape[-1])
+        return x
+
+    x = vgg.vgg16_body(inputs, conv, pool)
+    for s in range(len(vgg.VGG16_STAGES), 0, -1):
+        _, n_convs = vgg.VGG16_STAGES[s - 1]
         w = widths[s - 1]
         out_w = widths[s - 2] if s > 1 else w
         x = L.MaxUnpooling2D(name=f"{name}_dec{s}_unpool")([x, indices[s - 1]])
@@ -81,25 +92,15 @@ def segnet(
     outputs = L.classifier(x, n_classes, f"{name}_head", activation)
     model = keras.Model(inputs, outputs, name=name)
     if encoder_weights is not None:
-        _load_vgg16_kernels(model, name, encoder_weights, input_shape[-1], width_divisor)
+        _load_vgg16_kernels(model, name, encoder_weights)
     return model
 
 
-def _load_vgg16_kernels(model, name, encoder_weights, channels, width_divisor):
-    from kseg.errors import KsegError
-
-    if encoder_weights != "imagenet":
-        raise ValueError(f"encoder_weights must be None or 'imagenet'; received {encoder_weights!r}")
-    if channels != 3 or width_divisor != 1:
-        raise ValueError("ImageNet encoder weights need 3 input channels and width_divisor=1")
-    try:
-        vgg = keras.applications.VGG16(include_top=False, weights="imagenet")
-    except Exception as e:
-        raise KsegError(
-            f"could not load ImageNet weights for VGG16 ({type(e).__name__}); "
-            "pass encoder_weights=None or place the weight file in ~/.keras/models/"
-        ) from None
-    for s, (n_convs, _) in enumerate(_VGG16_STAGES, start=1):
+def _load_vgg16_kernels(model, name, encoder_weights):
+    """Copy the conv kernels of keras.applications' VGG16 into the encoder (the
+    biases are dropped: BN follows each conv)."""
+    reference = pretrained_reference("vgg16", encoder_weights)
+    for s, (_, n_convs) in enumerate(vgg.VGG16_STAGES, start=1):
         for c in range(1, n_convs + 1):
-            kernel = vgg.get_layer(f"block{s}_conv{c}").get_weights()[0]
+            kernel = reference.get_layer(f"block{s}_conv{c}").get_weights()[0]
             model.get_layer(f"{name}_enc{s}_conv{c}_conv").set_weights([kernel])

@@ -1,13 +1,37 @@
-"""U-Net (Ronneberger et al. 2015)."""
+"""U-Net (Ronneberger et al. 2015), on the U-Net body shared with the variants (``_unet_blocks``)."""
+
+import functools
 
 import keras
-from keras import layers as kl
 
+from kseg.errors import ModelConfigError
+from kseg.models import _checks as C
+from kseg.models import _unet_blocks as B
 from kseg.models import layers as L
-from kseg.models.registry import check_input_size, register_model
+from kseg.models.backbones import ENCODERS
+from kseg.models.encoder_unet import encoder_unet
+from kseg.models.registry import register_model
+
+MODEL = "unet"
 
 
-@register_model("unet", divisor=16, min_size=16, test_size=(32, 32), test_kwargs={"base_filters": 8})
+def _divisor(options):
+    """Input sizes must be multiples of ``2**depth`` (the paper's encoder); a
+    ``keras.applications`` encoder takes any size from its minimum."""
+    if options["encoder"] is not None:
+        return 1
+    return 2 ** C.positive_int(MODEL, "depth", options["depth"], " (4 in the paper)")
+
+
+def _min_size(options):
+    if options["encoder"] is not None:
+        return ENCODERS[C.known_name(MODEL, "encoder", options["encoder"], ENCODERS)].min_size
+    return _divisor(options)
+
+
+@register_model(
+    MODEL, divisor=_divisor, min_size=_min_size, test_size=(32, 32), test_kwargs={"base_filters": 8}
+)
 def unet(
     n_classes=2,
     input_shape=(None, None, 3),
@@ -32,7 +56,9 @@ def unet(
     channels, concatenation with the encoder feature of the same level, and a
     double 3x3 convolution -- at EVERY level, including the deepest one. A 1x1
     convolution gives the class scores. Widths are ``base_filters * 2**level``
-    (64, 128, 256, 512, 1024 by default).
+    (64, 128, 256, 512, 1024 by default). The encoder-decoder is
+    :func:`kseg.models._unet_blocks.unet_body`, the body every U-Net variant of
+    kseg shares, with double-conv level blocks.
 
     Differences from the paper:
         - ``same`` padding instead of ``valid`` (output size = input size, no
@@ -64,10 +90,7 @@ def unet(
         >>> model.output_shape
         (None, 256, 256, 3)
     """
-    L.check_channels_last()
     if encoder is not None:
-        from kseg.models.encoder_unet import encoder_unet
-
         return encoder_unet(
             n_classes=n_classes,
             input_shape=input_shape,
@@ -77,28 +100,21 @@ def unet(
             name=name,
         )
     if encoder_weights is not None:
-        raise ValueError("encoder_weights needs an encoder= name (the plain U-Net has no pretrained weights)")
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1; received {depth}")
-    check_input_size(name, input_shape[0], input_shape[1], 2**depth, 2**depth)
-
+        raise ModelConfigError(
+            f"{MODEL}: encoder_weights={encoder_weights!r} needs an encoder= name "
+            "(the paper's U-Net has no pretrained weights); pass encoder_weights=None"
+        )
+    C.positive_int(MODEL, "base_filters", base_filters, " (64 in the paper)")
+    C.flag(MODEL, "use_bn", use_bn)
+    C.rate(MODEL, "dropout", dropout)
+    block = functools.partial(_double_conv_block, use_bn=use_bn)
     inputs = keras.Input(shape=input_shape, name=f"{name}_input")
-    x = inputs
-    skips = []
-    for level in range(depth):
-        x = L.double_conv(x, base_filters * 2**level, f"{name}_enc{level + 1}", use_bn=use_bn)
-        skips.append(x)
-        x = kl.MaxPooling2D(2, name=f"{name}_enc{level + 1}_pool")(x)
-    x = L.double_conv(x, base_filters * 2**depth, f"{name}_bottleneck", use_bn=use_bn)
-    if dropout:
-        x = kl.Dropout(dropout, name=f"{name}_bottleneck_dropout")(x)
-    for level in reversed(range(depth)):
-        filters = base_filters * 2**level
-        x = kl.Conv2DTranspose(
-            filters, 2, strides=2, padding="same", kernel_initializer="he_normal",
-            name=f"{name}_dec{level + 1}_upconv",
-        )(x)
-        x = kl.Concatenate(name=f"{name}_dec{level + 1}_concat")([skips[level], x])
-        x = L.double_conv(x, filters, f"{name}_dec{level + 1}", use_bn=use_bn)
+    x = B.unet_body(
+        inputs, B.level_widths(base_filters, depth), name, block, bottleneck_dropout=dropout
+    )
     outputs = L.classifier(x, n_classes, f"{name}_head", activation)
     return keras.Model(inputs, outputs, name=name)
+
+
+def _double_conv_block(x, filters, name, use_bn=True):
+    return L.double_conv(x, filters, name, use_bn=use_bn)

@@ -3,9 +3,10 @@
 import keras
 from keras import layers
 
-from kseg.models import layers as kl
+from kseg.models import _checks as C
+from kseg.models import layers as L
 from kseg.models.backbones import build_encoder
-from kseg.models.registry import check_input_size, register_model
+from kseg.models.registry import register_model
 
 LEAKY_SLOPE = 0.1
 
@@ -20,12 +21,12 @@ def residual_block(x, filters, name):
     ``LeakyReLU -> BN -> conv3x3-BN-LeakyReLU -> conv3x3-BN`` added to a
     BatchNorm of the block input; ``x`` must already have ``filters`` channels.
     """
-    shortcut = kl.bn(x, f"{name}_shortcut_bn")
+    shortcut = L.bn(x, f"{name}_shortcut_bn")
     y = _leaky(x, f"{name}_pre_act")
-    y = kl.bn(y, f"{name}_pre_bn")
-    y = kl.conv_bn_act(y, filters, 3, name=f"{name}_conv1", activation=None)
+    y = L.bn(y, f"{name}_pre_bn")
+    y = L.conv_bn_act(y, filters, 3, name=f"{name}_conv1", activation=None)
     y = _leaky(y, f"{name}_conv1_act")
-    y = kl.conv_bn_act(y, filters, 3, name=f"{name}_conv2", activation=None)
+    y = L.conv_bn_act(y, filters, 3, name=f"{name}_conv2", activation=None)
     return layers.Add(name=f"{name}_add")([y, shortcut])
 
 
@@ -105,8 +106,8 @@ def unet_xception_resnetblock(
         >>> model.output_shape
         (None, 128, 128, 1)
     """
-    kl.check_channels_last()
-    check_input_size(name, input_shape[0], input_shape[1], 1, 32)
+    C.positive_int("unet_xception_resnetblock", "start_filters", start_filters, " (16 in the kernel)")
+    C.rate("unet_xception_resnetblock", "dropout", dropout)
     inputs = keras.Input(tuple(input_shape), name=f"{name}_input")
     _, taps = build_encoder("xception", inputs, weights=encoder_weights)
     f = start_filters
@@ -122,12 +123,12 @@ def unet_xception_resnetblock(
         x = layers.Conv2DTranspose(
             filters, 3, strides=2, padding="same", name=f"{prefix}_upconv"
         )(x)
-        x = kl.ResizeLike(name=f"{prefix}_align")([x, skip])
+        x = L.ResizeLike(name=f"{prefix}_align")([x, skip])
         if stride > 1:
             x = layers.Concatenate(name=f"{prefix}_concat")([x, skip])
         x = _stage(x, filters, dropout, prefix)
 
     if dropout:
         x = layers.Dropout(dropout / 2, name=f"{name}_head_dropout")(x)
-    outputs = kl.classifier(x, n_classes, name, activation=activation)
+    outputs = L.classifier(x, n_classes, name, activation=activation)
     return keras.Model(inputs, outputs, name=name)

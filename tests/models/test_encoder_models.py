@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from keras import layers
 
-from kseg.errors import InputShapeError, KsegError, UnknownNameError
+from kseg.errors import InputShapeError, KsegError, ModelConfigError, UnknownNameError
 from kseg.models import (
     deeplabv3plus,
     get_model,
@@ -151,7 +151,7 @@ def test_encoder_argument_errors():
     # keras.applications has no ImageNet MobileNet with alpha=0.3: a KsegError, no download
     with pytest.raises(EncoderConfigError, match="alpha"):
         build_encoder("mobilenet", input_shape=(64, 64, 3), weights="imagenet", alpha=0.3)
-    with pytest.raises(EncoderConfigError, match="decoder_filters"):
+    with pytest.raises(ModelConfigError, match="decoder_filters"):
         encoder_unet(2, (64, 64, 3), encoder="vgg16", decoder_filters=(8, 8))
 
 
