@@ -19,7 +19,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["kseg", "kseg.*"]),
-    package_data={"kseg.serve": ["templates/*", "static/*"]},
+    package_data={"kseg.serve": ["templates/*", "static/*"], "kseg.recipes": ["*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.16",
@@ -29,6 +29,7 @@ setup(
         "pillow",
         "Augmentor",
         "tensorboard",
+        "pyyaml",
     ],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["kseg = kseg.cli:main"]},

@@ -1,10 +1,15 @@
-"""The experiment folder (DESIGN.md section 5): config.json, best/last.keras, history, logs."""
+"""The experiment folder: config.json, best/last.keras, state.json, history.csv, logs/.
+
+``config.json`` holds an :class:`kseg.config.ExperimentConfig`; :func:`read_config`
+and :func:`write_config` are its only reader and writer.
+"""
 
 import json
 import os
 
+from kseg.config import ExperimentConfig
 from kseg.data.io import atomic_path
-from kseg.errors import ExperimentError
+from kseg.errors import ConfigError, ExperimentError
 
 CONFIG = "config.json"
 STATE = "state.json"
@@ -29,6 +34,39 @@ def read_json(path):
         raise ExperimentError(f"{path} does not exist") from None
     except ValueError as e:
         raise ExperimentError(f"{path} is not valid JSON ({e})") from None
+
+
+def read_config(folder):
+    """The :class:`~kseg.config.ExperimentConfig` of an experiment folder (one-line errors)."""
+    path = os.path.join(folder, CONFIG)
+    try:
+        return ExperimentConfig.from_dict(read_json(path), source=path)
+    except ConfigError as e:
+        raise ExperimentError(str(e)) from None
+
+
+def write_config(folder, config):
+    """Write ``config`` (an :class:`~kseg.config.ExperimentConfig`) as ``folder/config.json``, atomically."""
+    write_json(os.path.join(folder, CONFIG), config.to_dict())
+
+
+def load_model_file(path, compile=True):
+    """``keras.saving.load_model`` with kseg's custom objects registered and one-line errors:
+    a missing file is "does not exist", an unreadable one is "corrupt"."""
+    import keras
+
+    import kseg.losses  # noqa: F401 (registers kseg's losses and metrics for deserialisation)
+    import kseg.metrics  # noqa: F401
+    import kseg.models  # noqa: F401 (registers kseg's layers)
+
+    if not os.path.isfile(path):
+        raise ExperimentError(f"{path} does not exist")
+    try:
+        return keras.saving.load_model(path, compile=compile)
+    except Exception as e:  # zip/h5 errors, truncated files, foreign formats
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ExperimentError(f"{path} is corrupt or not a Keras model file ({first}); retrain, or resume "
+                              "from the other checkpoint (best.keras / last.keras)") from None
 
 
 def is_experiment(folder):
@@ -67,7 +105,7 @@ def resolve_weights(path):
             )
     else:
         raise ExperimentError(f"--weights_path {path} does not exist; pass weights/<exp_name> or a .keras file")
-    return folder, model_file, read_json(os.path.join(folder, CONFIG))
+    return folder, model_file, read_config(folder)
 
 
 def latest_experiment(root="weights"):
@@ -79,3 +117,42 @@ def latest_experiment(root="weights"):
     if not cands:
         raise ExperimentError(f"no experiment found in {root}/; train one first or pass --weights_path")
     return max(cands, key=lambda c: os.path.getmtime(os.path.join(c, CONFIG)))
+
+
+def weights_config(model_file, *, model_name, n_classes, input_height, input_width, image_init="divide",
+                   resize_op=1):
+    """The :class:`~kseg.config.ExperimentConfig` of a model file that has no kseg
+    experiment around it (e.g. ``weights/unet.xx.hdf5`` of an older project): the
+    command line says what the file is."""
+    from kseg.data.palette import voc_palette
+    from kseg.config import label_values
+
+    k = label_values(n_classes)
+    return ExperimentConfig(model_name=model_name, n_classes=n_classes, input_height=input_height,
+                            input_width=input_width, image_init=image_init, resize_op=resize_op,
+                            palette=voc_palette(k).tolist(), dataset="")
+
+
+def load_weights_file(path, config):
+    """A Keras model from a file outside any experiment: the whole model when the file
+    holds one (``.keras``, Keras HDF5), else ``config``'s registered model built for
+    ``config``'s classes and size with the file's weights (a weights-only HDF5 file)."""
+    if not os.path.isfile(path):
+        raise ExperimentError(f"--weights_path {path} does not exist")
+    try:
+        return load_model_file(path, compile=False)
+    except ExperimentError as whole:
+        from kseg.models import get_model, model_spec
+
+        dyn = model_spec(config.model_name).dynamic
+        model = get_model(config.model_name, n_classes=config.n_classes,
+                          input_height=None if dyn else config.input_height,
+                          input_width=None if dyn else config.input_width, **config.model_kwargs)
+        try:
+            model.load_weights(path)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise ExperimentError(f"{path}: neither a Keras model ({str(whole)[len(path) + 1:][:80]}) nor weights "
+                                  f"of {config.model_name} with {config.n_classes} classes ({first}); check "
+                                  "--model_name and --classes") from None
+        return model

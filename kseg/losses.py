@@ -65,17 +65,15 @@ import numpy as np
 import keras
 from keras import ops
 
-from kseg.errors import LossConfigError  # noqa: F401 (defined in kseg.errors)
-from kseg.errors import KsegError, unknown_name
+from kseg.config import IGNORE_INDEX as DEFAULT_IGNORE_INDEX
+from kseg.config import label_values
+from kseg.errors import LossConfigError, unknown_name
 
-from kseg.config import IGNORE_INDEX as DEFAULT_IGNORE_INDEX  # noqa: E402,F401 (owned by kseg.config)
 LOG_FLOOR = 1e-7  # probabilities are clipped to [LOG_FLOOR, 1] inside logarithms
 
 __all__ = [
     "get_loss",
     "list_losses",
-    "median_frequency_weights",
-    "count_label_pixels",
     "SegmentationLoss",
     "CompositeLoss",
 ]
@@ -84,75 +82,18 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------
-# class weights
-
-
-def count_label_pixels(labels, n_classes, ignore_index=DEFAULT_IGNORE_INDEX):
-    """Count the pixels of each class in an iterable of label arrays (numpy).
-
-    Args:
-        labels: an iterable of integer label arrays (any shapes).
-        n_classes: number of model outputs; 1 (sigmoid) counts two classes
-            (background, foreground).
-        ignore_index: value that is not counted.
-
-    Returns:
-        ``int64`` array of per-class pixel counts (values outside the classes are
-        not counted).
-    """
-    k = 2 if n_classes == 1 else int(n_classes)
-    counts = np.zeros(k, dtype=np.int64)
-    for lab in labels:
-        a = np.asarray(lab).astype(np.int64, copy=False).ravel()
-        if ignore_index is not None:
-            a = a[a != ignore_index]
-        a = a[(a >= 0) & (a < k)]
-        counts += np.bincount(a, minlength=k)[:k]
-    return counts
-
-
-def median_frequency_weights(counts):
-    """Median-frequency balancing weights (Eigen & Fergus 2015) from pixel counts.
-
-    ``w_c = median_k f_k / f_c`` with ``f_c = counts_c / sum(counts)``; the
-    median runs over the classes that occur. A class that never occurs gets weight
-    1.0 (neutral: the weight of the median class), so it still counts in the
-    region losses' class mean. All-zero counts give all ones.
-
-    Args:
-        counts: per-class pixel counts (see :func:`count_label_pixels`).
-
-    Returns:
-        A list of floats, one per class (usable as ``class_weights``).
-
-    Example:
-        >>> median_frequency_weights([600, 300, 100])
-        [0.5, 1.0, 3.0]
-    """
-    c = np.asarray(counts, dtype=np.float64).ravel()
-    if c.size == 0 or (c < 0).any() or not np.isfinite(c).all():
-        raise LossConfigError(
-            f"median_frequency_weights: counts must be non-negative and finite; received {counts!r}"
-        )
-    present = c > 0
-    if not present.any():
-        return [1.0] * c.size
-    f = c / c.sum()
-    med = float(np.median(f[present]))
-    w = np.ones_like(f)
-    w[present] = med / f[present]
-    return [float(v) for v in w]
+# class weights (computed from labels by kseg.data.stats; checked here)
 
 
 def _check_class_weights(class_weights, n_classes, loss_name):
     if class_weights is None:
         return None
-    k = 2 if n_classes == 1 else n_classes
+    k = label_values(n_classes)
     if isinstance(class_weights, str):
         if class_weights == "auto":
             raise LossConfigError(
                 f"loss {loss_name!r}: class_weights='auto' must be computed from the training "
-                "labels first (kseg.losses.median_frequency_weights(count_label_pixels(...)))"
+                "labels first (kseg.data.stats.class_weights('auto', class_stats(...), n_classes))"
             )
         raise LossConfigError(
             f"loss {loss_name!r}: class_weights must be a list of {k} numbers or 'auto'; "
@@ -183,7 +124,7 @@ def _check_class_weights(class_weights, n_classes, loss_name):
 
 
 def _n_out(n_classes):
-    return 2 if n_classes == 1 else n_classes
+    return label_values(n_classes)
 
 
 def _targets(y_true, n_classes, ignore_index):

@@ -35,13 +35,13 @@ import numpy as np
 import keras
 from keras import ops
 
-from kseg.errors import MetricConfigError  # noqa: F401 (defined in kseg.errors)
-from kseg.errors import DataError, KsegError, unknown_name
-
-from kseg.config import IGNORE_INDEX as DEFAULT_IGNORE_INDEX, label_values  # noqa: E402,F401
+from kseg.config import IGNORE_INDEX as DEFAULT_IGNORE_INDEX
+from kseg.config import label_values
+from kseg.errors import DataError, KsegError, MetricConfigError, unknown_name
 
 __all__ = [
     "ConfusionMatrixMetric",
+    "ClassIoU",
     "IoUScore",
     "FScore",
     "PixelAccuracy",
@@ -241,6 +241,45 @@ class PixelAccuracy(ConfusionMatrixMetric):
 
     def score(self, cm):
         return ops.sum(ops.diagonal(cm)) / ops.maximum(ops.sum(cm), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class ClassIoU(ConfusionMatrixMetric):
+    """IoU of every class, as a dict ``{"iou_<class name>": value}`` (Keras logs each key;
+    validation adds the ``val_`` prefix), from the same confusion matrix as :class:`IoUScore`.
+
+    A class not seen at all (no ground truth, no prediction) reports 0.
+    """
+
+    def __init__(self, n_classes, class_names=None, ignore_index=DEFAULT_IGNORE_INDEX, from_logits=False,
+                 name="class_iou", dtype=None):
+        super().__init__(n_classes, ignore_index, from_logits, name=name, dtype=dtype)
+        k = _matrix_size(self.n_classes)
+        names = list(class_names) if class_names else [str(i) for i in range(k)]
+        if len(names) != k:
+            raise MetricConfigError(f"class_iou: {len(names)} class names for {k} classes")
+        self.class_names = names
+        self.keys = [f"iou_{_key(n)}" for n in names]
+        if len(set(self.keys)) != k:  # names that collapse to the same key: number them
+            self.keys = [f"iou_{i}_{_key(n)}" for i, n in enumerate(names)]
+
+    def score(self, cm):
+        tp, fn, fp, _ = self._counts(cm)
+        return tp / ops.maximum(tp + fp + fn, 1e-12)
+
+    def result(self):
+        iou = self.score(ops.convert_to_tensor(self.confusion))
+        return {k: iou[i] for i, k in enumerate(self.keys)}
+
+    def get_config(self):
+        return {**super().get_config(), "class_names": self.class_names}
+
+
+def _key(name):
+    """A class name as a log key: lower case, runs of other characters as ``_``."""
+    import re
+
+    return re.sub(r"[^0-9a-z]+", "_", str(name).lower()).strip("_") or "class"
 
 
 _METRICS = {

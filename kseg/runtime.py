@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from kseg.errors import ExportError, KsegError
+from kseg.errors import ExportError
 
 #: Name of the one input of every exported model (float32 NHWC, normalised).
 INPUT_NAME = "image"
@@ -92,27 +92,18 @@ def _in_chunks(fn, batch, fixed_batch):
 # Keras
 
 
-def keras_runner(model_file):
-    """A run function for a saved ``.keras`` model (loaded without its optimizer).
+def keras_runner(model_file=None, model=None):
+    """A run function for a saved ``.keras`` model (loaded without its optimizer), or for
+    a Keras ``model`` already in memory.
 
     The model runs through ``predict_on_batch`` (the backend's compiled predict
     step). The returned function has attributes ``model`` and ``input_size``
     (``(h, w)`` when the model was built for one size, else ``None``).
     """
-    import keras
+    if model is None:
+        from kseg.experiment import load_model_file
 
-    import kseg.losses  # noqa: F401  (registers custom objects)
-    import kseg.metrics  # noqa: F401
-    import kseg.models  # noqa: F401
-
-    if not os.path.isfile(model_file):
-        raise KsegError(f"model file {model_file} does not exist")
-    try:
-        model = keras.saving.load_model(model_file, compile=False)
-    except Exception as e:
-        raise KsegError(
-            f"cannot load {model_file} ({type(e).__name__}: {str(e)[:200]}); is it a kseg .keras file?"
-        ) from None
+        model = load_model_file(model_file, compile=False)
 
     def run(batch):
         return np.asarray(model.predict_on_batch(batch))

@@ -1,377 +1,269 @@
-"""Training orchestration: data -> model -> compile -> fit, into an experiment folder."""
+"""Training: a :class:`~kseg.config.TrainConfig` in, an experiment folder out.
+
+:func:`train` runs five named steps, each a function of this module:
+
+1. :func:`prepare` -- resolve the experiment folder (new, numbered, overwrite or
+   resume), the dataset (classes, sizes, ignore value) and check names and options;
+   nothing heavy runs and nothing is written.
+2. :func:`make_data` -- scan the label files, class weights, ``tf.data`` pipelines.
+3. :func:`build_model` (before the data is read, so a bad model option fails at
+   once) and :func:`make_model` -- compile it, or load ``last.keras`` to resume.
+4. :func:`make_callbacks` -- checkpoints, history, TensorBoard, epoch timer.
+5. :func:`fit` -- ``model.fit`` and the summary line.
+
+The command ``kseg train`` (:mod:`kseg.cli.train`) builds the config from its flags;
+in Python, ``kseg.train(TrainConfig(model_name="unet", loss="dice"))``.
+"""
 
 import csv
+import dataclasses
 import datetime
 import os
 import sys
 import time
 
+import keras
 
-def limit_malloc_arenas(n=2):
-    """Cap glibc's malloc arenas (as ``MALLOC_ARENA_MAX=n`` would) unless the user set it.
-
-    glibc gives threads their own allocation arenas; with tf.data and TensorFlow
-    thread pools allocating and freeing large buffers, the resident memory of a
-    training process then creeps up epoch after epoch (fragmentation, measured in
-    README.md, Performance). With 2 arenas it levels off after a few epochs. Must run
-    before TensorFlow starts its threads; a no-op outside glibc. Returns whether the
-    cap was set.
-    """
-    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-8, int(n)))  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        return False
-
-
-# before TensorFlow (imported by keras) starts its thread pools
-limit_malloc_arenas()
-
-import numpy as np  # noqa: E402
-import keras  # noqa: E402
-
-from kseg import __version__  # noqa: E402
-from kseg import experiment as X  # noqa: E402
-from kseg.data.dataset import load_dataset_info, palette_for, scan_pairs  # noqa: E402
-from kseg.data.io import atomic_path  # noqa: E402
-from kseg.data.preprocess import check_image_init, check_resize_op  # noqa: E402
-from kseg.data.sample import SAMPLE_NAME, ensure_sample_dataset  # noqa: E402
-from kseg.distribute import (  # noqa: E402
+from kseg import __version__
+from kseg import experiment as X
+from kseg.callbacks import EpochTimer, ExperimentCheckpoint, LearningRateLogger, ValidationPanels
+from kseg.config import (
+    DEFAULT_EPOCHS,
+    DEFAULT_INPUT_SIZE,
+    ExperimentConfig,
+    TrainConfig,
+    label_values,
+)
+from kseg.data.dataset import load_dataset_info, scan_pairs
+from kseg.data.layout import atomic_path
+from kseg.data.palette import palette_for
+from kseg.data.preprocess import check_image_init, check_resize_op
+from kseg.data.sample import SAMPLE_NAME, ensure_sample_dataset
+from kseg.data.stats import class_weights as compute_class_weights
+from kseg.data.stats import parse_class_weights
+from kseg.distribute import (
     backup_folder,
     cleanup_write_folder,
     distribute_dataset,
-    loss_for_distribution,
+    fit_context,
     prepare_model_for,
     select_distribution,
     write_folder,
 )
-from kseg.errors import DataError, ExperimentError, KsegError  # noqa: E402
-from kseg.losses import get_loss, median_frequency_weights  # noqa: E402
-from kseg.metrics import get_metric  # noqa: E402
-from kseg.models import get_model, model_spec  # noqa: E402
-from kseg.models.registry import check_input_size  # noqa: E402
+from kseg.errors import ConfigError, DataError, ExperimentError
+from kseg.hardware import limit_malloc_arenas, precision_policy, resolve_jit_compile
+from kseg.losses import get_loss
+from kseg.optim import compile_model, make_optimizer, make_schedule
+from kseg.metrics import ClassIoU
+from kseg.models import get_model, model_spec
+from kseg.models.registry import check_input_size
 
-DEFAULT_INPUT_SIZE = 256
-DEFAULT_EPOCHS = 50
+#: Options that say how long or how loudly to run, not what to train: a resumed run
+#: may change them freely. Every other option is part of the recipe and is restored.
+RUN_CONTROL = ("epochs", "iterations", "resume", "overwrite", "allow_recipe_change", "verbose", "exp_name",
+               "train_save_path", "data_dir", "cache", "early_stopping")
 
+#: Recipe options whose change on resume (``--allow_recipe_change``) needs a new optimizer or loss.
+RECOMPILE_ON_CHANGE = ("optimizer_name", "learning_rate", "momentum", "nesterov", "schedule", "power",
+                       "min_learning_rate", "step_epochs", "milestones", "gamma", "warmup_epochs", "warmup_steps",
+                       "warmup_factor", "weight_decay", "weight_decay_mode", "clipnorm", "ema", "loss",
+                       "class_weights")
 
-def make_optimizer(name, learning_rate):
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=0.9)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    if name == "adamw":
-        return keras.optimizers.AdamW(learning_rate)
-    if name == "rmsprop":
-        return keras.optimizers.RMSprop(learning_rate)
-    if name == "adadelta":
-        return keras.optimizers.Adadelta(learning_rate)
-    raise KsegError(f"unknown --optimizer_name {name!r}; valid: sgd, adam, adamw, rmsprop, adadelta")
+#: Epochs between two panels of validation images in TensorBoard.
+PANEL_EVERY = 5
 
-
-def parse_class_weights(value, n_classes, class_pixels=None):
-    if value is None:
-        return None
-    if value == "auto":
-        if class_pixels is None:
-            return "auto"
-        return [float(w) for w in median_frequency_weights(class_pixels)]
-    try:
-        w = [float(v) for v in str(value).split(",")]
-    except ValueError:
-        raise KsegError(f"--class_weights {value!r}: expected 'auto' or comma-separated numbers") from None
-    if len(w) != max(n_classes, 2 if n_classes == 1 else n_classes):
-        raise KsegError(
-            f"--class_weights has {len(w)} values but there are {n_classes} classes; give one per class"
-        )
-    return w
+#: Model files whose weights ``--resume PATH`` can start a new run from.
+WEIGHT_FILE_EXTENSIONS = (".keras", ".h5", ".hdf5")
 
 
-class ExperimentCheckpoint(keras.callbacks.Callback):
-    """Saves ``last.keras`` every epoch and ``best.keras`` when the monitored
-    metric improves, both atomically, and records the epoch for ``--resume``."""
-
-    def __init__(self, folder, monitor, best=None, verbose=True):
-        super().__init__()
-        self.folder = folder
-        self.monitor = monitor
-        self.best = best
-        self.verbose = verbose
-
-    def _save(self, name):
-        with atomic_path(os.path.join(self.folder, name)) as tmp:
-            self.model.save(tmp)
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        value = logs.get(self.monitor)
-        improved = value is not None and (self.best is None or value > self.best)
-        if improved:
-            self.best = float(value)
-            self._save(X.BEST)
-        self._save(X.LAST)
-        X.write_json(
-            os.path.join(self.folder, X.STATE),
-            {"epoch": epoch + 1, "monitor": self.monitor, "best": self.best,
-             "updated": datetime.datetime.now().isoformat(timespec="seconds")},
-        )
-        if improved and self.verbose:
-            print(f"\nepoch {epoch + 1}: {self.monitor} improved to {value:.4f}, saved {X.BEST}", flush=True)
+def as_train_config(config=None, **overrides):
+    """A :class:`TrainConfig` from a config, a dict or an ``argparse.Namespace``, plus keyword overrides."""
+    if config is None:
+        d = {}
+    elif isinstance(config, TrainConfig):
+        d = config.to_dict()
+    elif isinstance(config, dict):
+        d = dict(config)
+    else:  # argparse.Namespace
+        d = dict(vars(config))
+    d.update(overrides)
+    return TrainConfig.from_dict(d)
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Adds ``epoch_time_s`` (wall clock of the epoch, validation included) to the
-    epoch logs, so ``history.csv`` and TensorBoard record it. Must run before the
-    loggers."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._t0 = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None and hasattr(self, "_t0"):
-            logs["epoch_time_s"] = round(time.perf_counter() - self._t0, 2)
+def explicit_options(config):
+    """The option names whose values differ from :class:`TrainConfig`'s defaults."""
+    default = TrainConfig()
+    return {f.name for f in TrainConfig.fields() if getattr(config, f.name) != getattr(default, f.name)}
 
 
-def _experiment_dir(args):
-    base = args.train_save_path
-    if args.exp_name:
-        return os.path.join(base, args.exp_name), True
-    name = f"{args.model_name}_{args.dataset_name}"
+@dataclasses.dataclass
+class Plan:
+    """What :func:`prepare` resolved; the later steps add to it."""
+
+    config: TrainConfig
+    folder: str
+    resume: bool
+    init_weights: str
+    root: str
+    info: object
+    n_classes: int
+    ignore_index: int
+    input_size: tuple
+    class_names: list
+    epochs: int
+    # filled in by make_data / make_model
+    train_pairs: list = None
+    val_pairs: list = None
+    val_split: str = None
+    class_weights: list = None
+    train_ds: object = None
+    val_ds: object = None
+    steps_per_epoch: int = None
+    validation_steps: int = None
+    global_batch: int = None
+    dist: object = None
+    recipe_changes: tuple = ()
+    write_dir: str = None
+    initial_epoch: int = 0
+    best: float = None
+    jit: bool = False
+    policy: str = "float32"
+
+
+def _experiment_dir(cfg):
+    """``(folder, explicit)``: where the experiment goes and whether its name was given."""
+    base = cfg.train_save_path
+    if cfg.exp_name:
+        return os.path.join(base, cfg.exp_name), True
+    name = f"{cfg.model_name}_{cfg.dataset_name}"
     folder = os.path.join(base, name)
-    if args.resume:
+    if cfg.resume is True:
         return folder, False
     i = 2
-    while os.path.exists(folder) and not args.overwrite:
+    while os.path.exists(folder) and not cfg.overwrite:
         folder = os.path.join(base, f"{name}_{i}")
         i += 1
     return folder, False
 
 
-def gpu_available():
-    """Whether the current backend sees a GPU."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
+def _resume_target(path):
+    """For ``--resume PATH``: ``(experiment folder, None)`` to continue an experiment, or
+    ``(None, model file)`` to start a new run from a model file's weights."""
+    if os.path.isdir(path):
+        if X.is_experiment(path):
+            return path, None
+        raise ExperimentError(f"--resume {path}: the folder holds no experiment (no {X.CONFIG}); pass the "
+                              "folder kseg train wrote (weights/<exp_name>) or a model file")
+    if not os.path.isfile(path):
+        raise ExperimentError(f"--resume {path} does not exist; pass an experiment folder or a model file")
+    folder = os.path.dirname(os.path.abspath(path))
+    if X.is_experiment(folder) and os.path.basename(path) in (X.BEST, X.LAST):
+        return folder, None
+    if not path.lower().endswith(WEIGHT_FILE_EXTENSIONS):
+        raise ExperimentError(f"--resume {path}: not a model file (expected {', '.join(WEIGHT_FILE_EXTENSIONS)})")
+    return None, path
 
-        return bool(tf.config.list_physical_devices("GPU"))
-    try:
-        return bool(keras.distribution.list_devices("gpu"))
-    except Exception:  # backends without the distribution API, or no GPU runtime
-        return False
 
+def _restore_recipe(cfg, folder, explicit):
+    """The saved recipe of ``folder`` with this run's run-control options.
 
-def resolve_jit_compile(value, dist=None):
-    """Map ``--jit_compile`` (``auto``/``on``/``off``, or a bool) to ``True``/``False``.
-
-    ``auto`` is what measured fastest (README, Performance): XLA on a GPU; on a
-    CPU-only machine TensorFlow's oneDNN graph kernels beat XLA for the conv nets
-    of the zoo, so ``auto`` is off there. Under ``tf.distribute`` ``auto`` is off
-    (as in Keras). The JAX backend always compiles with XLA; torch never does.
+    A recipe option given explicitly with another value than the experiment's is
+    refused (one line listing every difference): resuming continues the same run.
     """
-    if isinstance(value, bool):
-        return value
-    if value not in ("auto", "on", "off"):
-        raise KsegError(f"--jit_compile {value!r}: expected auto, on or off")
-    if value != "auto":
-        return value == "on"
-    backend = keras.backend.backend()
-    if backend == "jax":
-        return True
-    if backend != "tensorflow":
-        return False
-    if dist is not None and dist.uses_tf_distribute:
-        return False
-    return gpu_available()
+    saved = X.read_config(folder).train_config()
+    changed = [k for k in sorted(explicit) if k not in RUN_CONTROL and getattr(cfg, k) != getattr(saved, k)]
+    diffs = [f"--{k} {getattr(cfg, k)!r} (experiment: {getattr(saved, k)!r})" for k in changed]
+    if diffs and not cfg.allow_recipe_change:
+        raise ConfigError(f"--resume continues {folder} with its own recipe; these options differ from it: "
+                          f"{'; '.join(diffs)}. Drop them, add --allow_recipe_change to apply them (recorded in "
+                          "the experiment), or start a new experiment (--exp_name/--overwrite)")
+    keep = {k: getattr(cfg, k) for k in RUN_CONTROL + tuple(changed)
+            if k in explicit and k not in ("resume", "exp_name", "train_save_path", "overwrite")}
+    if "epochs" in keep and saved.iterations and "iterations" not in keep:
+        keep["iterations"] = None  # a new budget in epochs replaces the one in steps
+    return changed, saved.replace(**keep, resume=True, overwrite=False, exp_name=os.path.basename(os.path.normpath(folder)),
+                         train_save_path=os.path.dirname(os.path.normpath(folder)) or ".")
 
 
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return set(f.read().split())
-    except OSError:
-        return set()
+def prepare(config, explicit=None):
+    """Step 1: resolve folder, dataset, classes and sizes; check every name and option.
 
-
-def cpu_supports_bfloat16():
-    """Whether the CPU has native bfloat16 arithmetic (x86 AVX512-BF16 / AMX-BF16, ARM BF16)."""
-    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
-def cpu_has_bfloat16_matrix_units():
-    """Whether the CPU has bfloat16 matrix units (x86 AMX-BF16), where oneDNN's bfloat16
-    convolutions run several times faster than float32 ones (README, Performance)."""
-    return "amx_bf16" in _cpu_flags()
-
-
-def gpu_has_tensor_cores():
-    """Whether every visible GPU has float16 tensor cores (CUDA compute capability >= 7.0).
-    Known only on the TensorFlow backend; ``False`` elsewhere."""
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        return False
-    for g in gpus:
-        cc = tf.config.experimental.get_device_details(g).get("compute_capability")
-        if not cc or tuple(cc) < (7, 0):
-            return False
-    return True
-
-
-def precision_policy(mixed_precision):
-    """The Keras dtype policy for ``--mixed_precision`` (``True``/``False``/``None`` = auto).
-
-    On: ``mixed_float16`` on a GPU; ``mixed_bfloat16`` on a CPU with native bfloat16
-    (elsewhere bfloat16 is emulated and slower, so float32 is kept). Auto (the default
-    of ``scripts/train.py``): on only where the hardware has 16-bit matrix units that
-    make it clearly faster -- GPUs with tensor cores, CPUs with AMX -- and float32
-    elsewhere. Models compute their output activation, BatchNorm statistics and kseg
-    losses their value in float32 either way.
+    Returns a :class:`Plan`. Writes nothing (the built-in sample dataset is generated
+    when it is asked for and missing).
     """
-    if mixed_precision is None:
-        if gpu_available():
-            return "mixed_float16" if gpu_has_tensor_cores() else "float32"
-        return "mixed_bfloat16" if cpu_has_bfloat16_matrix_units() else "float32"
-    if not mixed_precision:
-        return "float32"
-    if gpu_available():
-        return "mixed_float16"
-    if cpu_supports_bfloat16():
-        return "mixed_bfloat16"
-    return "float32"
-
-
-def _set_precision(args):
-    policy = precision_policy(args.mixed_precision)
-    keras.mixed_precision.set_global_policy(policy)
-    how = "auto" if args.mixed_precision is None else ("--mixed_precision" if args.mixed_precision else "off")
-    if args.mixed_precision and policy == "float32":
-        print("mixed precision: no GPU and no native bfloat16 on this CPU; training in float32",
-              file=sys.stderr)
-    elif policy != "float32":
-        print(f"mixed precision ({how}): {policy}, loss and output activation in float32 "
-              f"(--no-mixed_precision trains in float32)")
-    return policy
-
-
-def compile_model(model, *, n_classes, loss="ce", loss_kwargs=None, ignore_index=255,
-                  optimizer_name="adam", learning_rate=1e-3, jit_compile=False,
-                  steps_per_execution=1, metrics=True, dist=None):
-    """Compile ``model`` as ``scripts/train.py`` does (the benchmark measures this).
-
-    The kseg loss is computed in float32 whatever the dtype policy; with
-    ``mixed_float16`` Keras wraps the optimizer in a ``LossScaleOptimizer``. Under a
-    multi-replica ``tf.distribute`` strategy (``dist``) the loss is divided by the
-    number of replicas (:class:`kseg.distribute.ReplicaScaledLoss`) so the summed
-    replica gradients are those of the global batch.
-    """
-    loss_obj = loss_for_distribution(get_loss(loss, n_classes=n_classes, **(loss_kwargs or {})), dist)
-    model.compile(
-        optimizer=make_optimizer(optimizer_name, learning_rate),
-        loss=loss_obj,
-        metrics=[get_metric("mean_iou", n_classes=n_classes, ignore_index=ignore_index)] if metrics else None,
-        jit_compile=jit_compile,
-        steps_per_execution=steps_per_execution,
-    )
-    return model
-
-
-def _steps_per_execution(args):
-    """``--steps_per_execution`` when the CLI has it (1 = a Python call per step)."""
-    return int(getattr(args, "steps_per_execution", None) or 1)
-
-
-def prepare(args):
-    """Resolve the dataset, sizes and classes; validate names and data. No training."""
-    check_image_init(args.image_init)
-    check_resize_op(args.resize_op)
-    spec = model_spec(args.model_name)  # unknown model -> error listing names
-    root = os.path.join(args.data_dir, args.dataset_name)
-    if args.dataset_name == SAMPLE_NAME and not os.path.exists(root):
-        ensure_sample_dataset(root)
-    info = load_dataset_info(root)
-    n_classes = args.n_classes or (len(info.classes) if info.classes else None)
-    if n_classes is None:
-        raise DataError(
-            f"the number of classes is unknown for {root} (no dataset.json or classes.txt); pass --n_classes"
-        )
-    ignore_index = args.ignore_index if args.ignore_index is not None else info.ignore_index
-    h = args.input_height or (info.input_size[0] if info.input_size else DEFAULT_INPUT_SIZE)
-    w = args.input_width or (args.input_height or (info.input_size[1] if info.input_size else DEFAULT_INPUT_SIZE))
-    check_input_size(args.model_name, h, w, spec.divisor, spec.min_size)
-    model_kwargs = dict(args.model_option)
-    class_names = list(info.classes) if info.classes and len(info.classes) == n_classes else None
-    # building the loss validates its name and options before any data is read
-    cw = parse_class_weights(args.class_weights, n_classes)
-    get_loss(args.loss, n_classes=n_classes, ignore_index=ignore_index,
-             **({"class_weights": [1.0] * (2 if n_classes == 1 else n_classes)} if cw == "auto" else
-                ({"class_weights": cw} if cw else {})))
-    return dict(root=root, info=info, n_classes=n_classes, ignore_index=ignore_index,
-                input_size=(h, w), model_kwargs=model_kwargs, class_names=class_names,
-                class_weights=cw)
-
-
-def train(args):
-    """Train according to parsed CLI ``args``; returns the experiment folder.
-
-    The Keras dtype policy chosen for the run (``--mixed_precision``) is global state;
-    it is restored when training ends or fails, so a caller's later models are unaffected.
-    See :func:`_train`.
-    """
-    previous = keras.mixed_precision.global_policy()
-    try:
-        return _train(args)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
-def _train(args):
-    """Train according to parsed CLI ``args``; returns the experiment folder.
-
-    Distribution (see :mod:`kseg.distribute`): ``--multi_gpus`` mirrors the model over
-    all local GPUs (``--train_batch_size`` is per replica); a ``TF_CONFIG`` naming
-    several workers trains on all of them, the chief writing the experiment folder.
-    """
-    limit_malloc_arenas()  # before TensorFlow's threads exist: flat memory across epochs
-    # the strategy must exist before any TensorFlow work (multi-worker, logical devices)
-    dist = select_distribution(multi_gpus=args.multi_gpus)
-    keras.utils.set_random_seed(args.seed)
-    folder, explicit = _experiment_dir(args)
-    if args.resume:
-        if not (X.is_experiment(folder) and os.path.isfile(os.path.join(folder, X.LAST))
-                and os.path.isfile(os.path.join(folder, X.STATE))):
+    cfg = config
+    explicit = explicit_options(cfg) if explicit is None else set(explicit)
+    init_weights, changes = None, ()
+    if isinstance(cfg.resume, str):
+        folder, init_weights = _resume_target(cfg.resume)
+        if folder:
+            changes, cfg = _restore_recipe(cfg, folder, explicit)
+        else:
+            cfg = cfg.replace(resume=False)
+    elif cfg.resume:
+        folder, _ = _experiment_dir(cfg)
+        if not X.is_experiment(folder):
             raise ExperimentError(
                 f"--resume: {folder} holds no experiment to continue (needs {X.CONFIG}, {X.LAST}, "
                 f"{X.STATE}); check --exp_name/--train_save_path or train without --resume"
             )
-        saved = X.read_json(os.path.join(folder, X.CONFIG))
-        for k in ("model_name", "dataset_name", "data_dir", "loss", "input_height", "input_width",
-                  "n_classes", "image_init", "resize_op", "model_option", "class_weights", "ignore_index"):
-            if k in saved["args"]:
-                setattr(args, k, saved["args"][k])
-        args.model_option = [tuple(kv) for kv in args.model_option]
-    elif (explicit and dist.is_chief and os.path.exists(folder)
-          and [f for f in os.listdir(folder) if f != ".backup"] and not args.overwrite):
+        changes, cfg = _restore_recipe(cfg, folder, explicit)
+    folder, explicit_name = _experiment_dir(cfg)
+    if cfg.resume:
+        if not (os.path.isfile(os.path.join(folder, X.LAST)) and os.path.isfile(os.path.join(folder, X.STATE))):
+            raise ExperimentError(
+                f"--resume: {folder} holds no experiment to continue (needs {X.CONFIG}, {X.LAST}, "
+                f"{X.STATE}); check --exp_name/--train_save_path or train without --resume"
+            )
+    elif (explicit_name and os.path.exists(folder)
+          and [f for f in os.listdir(folder) if f != ".backup"] and not cfg.overwrite):
         raise ExperimentError(
             f"experiment folder {folder} already exists; pass --resume to continue it, "
             "--overwrite to replace it, or another --exp_name"
         )
-    _set_precision(args)
-    p = prepare(args)
-    n_classes, ignore_index, (h, w) = p["n_classes"], p["ignore_index"], p["input_size"]
-    info = p["info"]
+    check_image_init(cfg.image_init)
+    check_resize_op(cfg.resize_op)
+    spec = model_spec(cfg.model_name)  # unknown model -> error listing names
+    root = os.path.join(cfg.data_dir, cfg.dataset_name)
+    if cfg.dataset_name == SAMPLE_NAME and not os.path.exists(root):
+        ensure_sample_dataset(root)
+    info = load_dataset_info(root)
+    n_classes = cfg.n_classes or (len(info.classes) if info.classes else None)
+    if n_classes is None:
+        raise DataError(
+            f"the number of classes is unknown for {root} (no dataset.json or classes.txt); pass --n_classes"
+        )
+    ignore_index = cfg.ignore_index if cfg.ignore_index is not None else info.ignore_index
+    h = cfg.input_height or (info.input_size[0] if info.input_size else DEFAULT_INPUT_SIZE)
+    w = cfg.input_width or (cfg.input_height or (info.input_size[1] if info.input_size else DEFAULT_INPUT_SIZE))
+    try:  # the size rule of the model with these options (a U-Net of depth=3 takes multiples of 8)
+        rule = spec.size_rule(**cfg.model_option)
+    except TypeError:  # an unknown option: build_model names it
+        rule = (spec.divisor, spec.min_size)
+    check_input_size(cfg.model_name, h, w, *rule)
+    class_names = list(info.classes) if info.classes and len(info.classes) == n_classes else None
+    # building the loss validates its name and options before any data is read
+    cw = parse_class_weights(cfg.class_weights, n_classes)
+    get_loss(cfg.loss, n_classes=n_classes, ignore_index=ignore_index,
+             **({"class_weights": [1.0] * label_values(n_classes)} if isinstance(cw, str) else
+                ({"class_weights": cw} if cw else {})))
+    epochs = cfg.epochs or info.epochs or DEFAULT_EPOCHS
+    return Plan(config=cfg, folder=folder, resume=bool(cfg.resume), init_weights=init_weights, root=root,
+                info=info, n_classes=n_classes, ignore_index=ignore_index, input_size=(h, w),
+                class_names=class_names, epochs=epochs, class_weights=cw, recipe_changes=tuple(changes))
 
+
+def make_data(plan):
+    """Step 2: check the label files, resolve class weights, build the ``tf.data`` pipelines."""
+    from kseg.data.pipeline import make_dataset
+
+    cfg, info, dist = plan.config, plan.info, plan.dist
+    n_classes, ignore_index, (h, w) = plan.n_classes, plan.ignore_index, plan.input_size
     train_pairs = info.pairs("train")
-    print(f"checking {len(train_pairs)} training pairs in {p['root']} ...", flush=True)
+    print(f"checking {len(train_pairs)} training pairs in {plan.root} ...", flush=True)
     scan = scan_pairs(train_pairs, n_classes, ignore_index)
     val_split = None
-    if args.validate:
+    if cfg.validate:
         val_split = "val" if info.has_split("val") else ("test" if info.has_split("test") else None)
         if val_split is None:
             print("warning: no val or test split with labels; training without validation", file=sys.stderr)
@@ -380,141 +272,320 @@ def _train(args):
     val_pairs = info.pairs(val_split) if val_split else []
     vscan = scan_pairs(val_pairs, n_classes, ignore_index) if val_pairs else None
 
-    class_weights = p["class_weights"]
-    if class_weights == "auto":
-        class_weights = [float(v) for v in median_frequency_weights(
-            scan.class_pixels if n_classes > 1 else np.array([scan.class_pixels[0], scan.class_pixels.sum() - scan.class_pixels[0]]))]
-        print("class weights (median frequency):", ", ".join(f"{v:.3f}" for v in class_weights))
-    loss_kwargs = {"ignore_index": ignore_index}
-    if class_weights:
-        loss_kwargs["class_weights"] = class_weights
+    class_weights = plan.class_weights
+    if isinstance(class_weights, str):  # "auto" / "enet": from the training labels' statistics
+        class_weights = [float(v) for v in compute_class_weights(class_weights, scan.stats, n_classes)]
+        how = "median frequency" if plan.class_weights == "auto" else "ENet, 1/ln(1.02 + p)"
+        print(f"class weights ({how}):", ", ".join(f"{v:.3f}" for v in class_weights))
 
-    from kseg.data.pipeline import make_dataset
-
-    train_kw = dict(training=True, image_init=args.image_init, resize_op=args.resize_op,
-                    ignore_index=ignore_index, augment=(args.augment if args.augment is not None
-                                                     else info.augment),
-                    python_label_decoder=scan.needs_python_decoder, cache=args.cache, seed=args.seed,
-                    crops=args.train_crops)
-    val_kw = dict(training=False, image_init=args.image_init, resize_op=args.resize_op,
+    train_kw = dict(training=True, image_init=cfg.image_init, resize_op=cfg.resize_op,
+                    ignore_index=ignore_index, augment=(cfg.augment if cfg.augment is not None else info.augment),
+                    python_label_decoder=scan.needs_python_decoder, cache=cfg.cache, seed=cfg.seed,
+                    crops=cfg.train_crops)
+    val_kw = dict(training=False, image_init=cfg.image_init, resize_op=cfg.resize_op,
                   ignore_index=ignore_index, python_label_decoder=vscan.needs_python_decoder if vscan else True,
-                  cache=args.cache, crops=args.train_crops)
-    per_image = max(1, args.train_crops)  # training samples per image and epoch
-    global_batch = dist.global_batch_size(args.train_batch_size)
-    val_global_batch = dist.global_batch_size(args.val_batch_size)
+                  cache=cfg.cache, crops=cfg.train_crops)
+    per_image = max(1, cfg.train_crops)  # training samples per image and epoch
+    global_batch = dist.global_batch_size(cfg.train_batch_size)
+    val_global_batch = dist.global_batch_size(cfg.val_batch_size)
     steps_per_epoch = validation_steps = None
     if dist.kind == "multi_worker":
         # every worker reads its own share of the files; fixed-length epochs keep them in step
         train_ds, steps_per_epoch = distribute_dataset(
             dist, lambda i, n, b: make_dataset(train_pairs[i::n], (h, w), b, repeat=True, **train_kw),
-            len(train_pairs) * per_image, args.train_batch_size)
+            len(train_pairs) * per_image, cfg.train_batch_size)
         val_ds = None
         if val_pairs:
             val_ds, validation_steps = distribute_dataset(
                 dist, lambda i, n, b: make_dataset(val_pairs[i::n], (h, w), b, drop_remainder=True,
                                                    repeat=True, **val_kw),
-                len(val_pairs), args.val_batch_size)
+                len(val_pairs), cfg.val_batch_size)
     else:
         # one iterator for the whole run: the next epoch's first batches are decoded and
         # prefetched while the current epoch ends, instead of after it
         train_ds = make_dataset(train_pairs, (h, w), global_batch, repeat=True, **train_kw)
         steps_per_epoch = max(1, len(train_pairs) * per_image // global_batch)
         val_ds = make_dataset(val_pairs, (h, w), val_global_batch, **val_kw) if val_pairs else None
+    if cfg.iterations:  # the budget in optimizer steps: whole epochs that cover it
+        plan.epochs = -(-cfg.iterations // steps_per_epoch)
+    plan.train_pairs, plan.val_pairs, plan.val_split = train_pairs, val_pairs, val_split
+    plan.class_weights, plan.global_batch = class_weights, global_batch
+    plan.train_ds, plan.val_ds = train_ds, val_ds
+    plan.steps_per_epoch, plan.validation_steps = steps_per_epoch, validation_steps
+    return plan
 
-    write_dir = write_folder(folder, dist)
-    os.makedirs(write_dir, exist_ok=True)
-    initial_epoch, best = 0, None
-    jit = resolve_jit_compile(args.jit_compile, dist)
-    with dist.scope():
-        if args.resume:
-            state = X.read_json(os.path.join(folder, X.STATE))
-            initial_epoch, best = int(state["epoch"]), state.get("best")
-            model = keras.saving.load_model(os.path.join(folder, X.LAST))
-            print(f"resuming {folder} from epoch {initial_epoch}")
+
+def _load_initial_weights(model, path):
+    """Copy the weights of a model file into ``model`` (``--resume PATH`` outside an experiment)."""
+    try:
+        if path.lower().endswith(".keras"):
+            import kseg.models  # noqa: F401 (registers kseg's layers for loading)
+
+            src = keras.saving.load_model(path, compile=False)
+            model.set_weights(src.get_weights())
         else:
-            dyn = model_spec(args.model_name).dynamic
-            model = get_model(args.model_name, n_classes=n_classes,
-                              input_height=None if dyn else h, input_width=None if dyn else w,
-                              **p["model_kwargs"])
-            compile_model(model, n_classes=n_classes, loss=args.loss, loss_kwargs=loss_kwargs,
-                          ignore_index=ignore_index, optimizer_name=args.optimizer_name,
-                          learning_rate=args.learning_rate, jit_compile=jit,
-                          steps_per_execution=_steps_per_execution(args), dist=dist)
+            model.load_weights(path)
+    except Exception as e:  # a file of another architecture, or not a model at all
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ExperimentError(f"--resume {path}: its weights do not fit {model.name} ({first}); pass a file "
+                              "saved from the same model with the same options and classes") from None
+    print(f"initialised the weights from {path}")
+
+
+def total_steps(plan):
+    """Optimizer steps of the whole run: ``--iterations``, else epochs x steps per epoch."""
+    return plan.config.iterations or plan.epochs * plan.steps_per_epoch
+
+
+def make_run_optimizer(plan):
+    """The optimizer of the recipe, with its learning-rate schedule over the whole run."""
+    cfg, spe = plan.config, plan.steps_per_epoch
+    warmup = cfg.warmup_steps or int(round(cfg.warmup_epochs * spe))
+    schedule = make_schedule(cfg.schedule, cfg.learning_rate, total_steps(plan), spe, power=cfg.power,
+                             min_learning_rate=cfg.min_learning_rate, step_epochs=cfg.step_epochs,
+                             milestones=cfg.milestones, gamma=cfg.gamma, warmup_steps=warmup,
+                             warmup_factor=cfg.warmup_factor)
+    return make_optimizer(cfg.optimizer_name, schedule, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                          weight_decay=cfg.weight_decay, weight_decay_mode=cfg.weight_decay_mode,
+                          clipnorm=cfg.clipnorm, ema=cfg.ema, ema_overwrite_frequency=spe if cfg.ema else None)
+
+
+def build_model(plan):
+    """Build the model (not for a resume), before any data is read: a bad model option
+    is reported at once."""
+    if plan.resume:
+        return None
+    cfg, (h, w) = plan.config, plan.input_size
+    spec = model_spec(cfg.model_name)
+    with plan.dist.scope():
+        model = get_model(cfg.model_name, n_classes=plan.n_classes,
+                          input_height=None if spec.dynamic else h, input_width=None if spec.dynamic else w,
+                          **cfg.model_option)
+    if plan.init_weights:
+        _load_initial_weights(model, plan.init_weights)
+    return model
+
+
+def make_model(plan, model=None):
+    """Step 3: compile the model :func:`build_model` built, or load ``last.keras`` to resume."""
+    cfg, dist, n_classes = plan.config, plan.dist, plan.n_classes
+    loss_kwargs = {"ignore_index": plan.ignore_index}
+    if plan.class_weights:
+        loss_kwargs["class_weights"] = plan.class_weights
+    plan.jit = resolve_jit_compile(cfg.jit_compile, dist)
+    with dist.scope():
+        if plan.resume:
+            state = X.read_json(os.path.join(plan.folder, X.STATE))
+            plan.initial_epoch, plan.best = int(state["epoch"]), state.get("best")
+            model = X.load_model_file(os.path.join(plan.folder, X.LAST))
+            print(f"resuming {plan.folder} from epoch {plan.initial_epoch}")
+            if set(plan.recipe_changes) & set(RECOMPILE_ON_CHANGE):
+                # --allow_recipe_change of the optimisation: a new optimizer (its moments start
+                # afresh) that continues the step count, so the new schedule starts where the run is
+                steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+                compile_model(model, n_classes=n_classes, loss=cfg.loss, loss_kwargs=loss_kwargs,
+                              ignore_index=plan.ignore_index, optimizer=make_run_optimizer(plan),
+                              jit_compile=plan.jit, steps_per_execution=cfg.steps_per_execution, dist=dist)
+                model.optimizer.build(model.trainable_variables)
+                model.optimizer.iterations.assign(steps)
+                print(f"recompiled with the changed recipe ({', '.join(plan.recipe_changes)}) at step {steps}")
+        else:
+            model = model if model is not None else build_model(plan)
+            compile_model(model, n_classes=n_classes, loss=cfg.loss, loss_kwargs=loss_kwargs,
+                          ignore_index=plan.ignore_index, optimizer=make_run_optimizer(plan),
+                          jit_compile=plan.jit, steps_per_execution=cfg.steps_per_execution, dist=dist,
+                          extra_metrics=[ClassIoU(n_classes, plan.class_names, plan.ignore_index)])
     prepare_model_for(model, dist)
-    epochs = args.epochs or info.epochs or DEFAULT_EPOCHS
-    config = {
-        "kseg_version": __version__,
-        "keras_version": keras.__version__,
-        "backend": keras.backend.backend(),
-        "created": datetime.datetime.now().isoformat(timespec="seconds"),
-        "model_name": args.model_name,
-        "model_kwargs": p["model_kwargs"],
-        "n_classes": n_classes,
-        "input_height": h,
-        "input_width": w,
-        "image_init": args.image_init,
-        "resize_op": args.resize_op,
-        "ignore_index": ignore_index,
-        "class_names": p["class_names"] or [f"class_{i}" for i in range(max(n_classes, 2))],
-        "palette": palette_for(max(n_classes, 2), info.palette).tolist(),
-        "dataset": os.path.abspath(p["root"]),
-        "loss": args.loss,
-        "class_weights": class_weights,
-        "args": {k: v for k, v in vars(args).items()},
-        "distribution": {"kind": dist.kind, "replicas": dist.num_replicas, "workers": dist.num_workers,
-                         "global_batch_size": global_batch},
-        "jit_compile": bool(jit),
-        "dtype_policy": keras.mixed_precision.global_policy().name,
-        "params": int(model.count_params()),
-    }
-    if not args.resume:
-        X.write_json(os.path.join(write_dir, X.CONFIG), config)
-    monitor = "val_mean_iou" if val_ds is not None else "mean_iou"
+    return model
+
+
+def experiment_config(plan, model):
+    """The :class:`ExperimentConfig` of this run: the resolved recipe and what it resolved to."""
+    cfg, dist, (h, w) = plan.config, plan.dist, plan.input_size
+    k = label_values(plan.n_classes)
+    resolved = cfg.replace(n_classes=plan.n_classes, input_height=h, input_width=w,
+                           epochs=None if cfg.iterations else plan.epochs,
+                           ignore_index=plan.ignore_index, resume=False, overwrite=False,
+                           exp_name=os.path.basename(os.path.normpath(plan.folder)))
+    return ExperimentConfig(
+        model_name=cfg.model_name, model_kwargs=dict(cfg.model_option), n_classes=plan.n_classes,
+        input_height=h, input_width=w, image_init=cfg.image_init, resize_op=cfg.resize_op,
+        ignore_index=plan.ignore_index,
+        class_names=plan.class_names or [f"class_{i}" for i in range(k)],
+        palette=palette_for(k, plan.info.palette).tolist(), dataset=os.path.abspath(plan.root),
+        loss=cfg.loss, class_weights=plan.class_weights, train=resolved.to_dict(),
+        distribution={"kind": dist.kind, "replicas": dist.num_replicas, "workers": dist.num_workers,
+                      "global_batch_size": plan.global_batch},
+        jit_compile=bool(plan.jit), dtype_policy=keras.mixed_precision.global_policy().name,
+        params=int(model.count_params()), kseg_version=__version__, keras_version=keras.__version__,
+        backend=keras.backend.backend(), created=datetime.datetime.now().isoformat(timespec="seconds"),
+    )
+
+
+def make_callbacks(plan):
+    """Step 4: checkpoints (best/last + state), epoch timer, history.csv, TensorBoard."""
+    monitor = "val_mean_iou" if plan.val_ds is not None else "mean_iou"
     callbacks = []
-    backup = backup_folder(folder, dist)
+    backup = backup_folder(plan.folder, plan.dist)
     if backup:  # fault tolerance: a restarted worker group continues from the last epoch
         callbacks.append(keras.callbacks.BackupAndRestore(backup, delete_checkpoint=True))
+    callbacks += [EpochTimer(), LearningRateLogger()]
+    if plan.config.early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=plan.config.early_stopping,
+                                                       restore_best_weights=True, verbose=1))
+    history = os.path.join(plan.write_dir, X.HISTORY)
+    if plan.resume:
+        _truncate_history(history, plan.initial_epoch)
     callbacks += [
-        EpochTimer(),
-        ExperimentCheckpoint(write_dir, monitor, best, verbose=dist.is_chief),
-        keras.callbacks.CSVLogger(os.path.join(write_dir, X.HISTORY), append=args.resume),
-        keras.callbacks.TensorBoard(os.path.join(write_dir, X.LOGS), update_freq="epoch"),
+        # the history row is written before the checkpoint: a run killed in between redoes
+        # that epoch on resume, and the row it left is dropped (_truncate_history)
+        keras.callbacks.CSVLogger(history, append=plan.resume),
+        ExperimentCheckpoint(plan.write_dir, monitor, plan.best, verbose=plan.dist.is_chief),
+        keras.callbacks.TensorBoard(os.path.join(plan.write_dir, X.LOGS), update_freq="epoch"),
     ]
-    verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    if plan.val_ds is not None and plan.dist.is_chief and plan.dist.kind == "single":
+        k = label_values(plan.n_classes)
+        callbacks.append(ValidationPanels(plan.val_ds, os.path.join(plan.write_dir, X.LOGS),
+                                          palette_for(k, plan.info.palette), every=PANEL_EVERY,
+                                          ignore_index=plan.ignore_index))
+    return callbacks, monitor, backup
+
+
+def _truncate_history(path, epochs_done):
+    """Keep the rows of ``history.csv`` for the epochs a resumed run does not redo."""
+    if not os.path.isfile(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or "epoch" not in rows[0]:
+        return
+    i = rows[0].index("epoch")
+    keep = [rows[0]] + [r for r in rows[1:] if len(r) > i and r[i].isdigit() and int(r[i]) < epochs_done]
+    if len(keep) != len(rows):
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(keep)
+
+
+def fit(plan, model, callbacks, monitor, backup):
+    """Step 5: ``model.fit`` from the first or resumed epoch; returns the experiment folder."""
+    cfg, dist, (h, w) = plan.config, plan.dist, plan.input_size
+    verbose = cfg.verbose if cfg.verbose is not None else (1 if sys.stdout.isatty() else 2)
     if not dist.is_chief:
         verbose = 0
-    where = f"; {dist.describe()}, global batch {global_batch}" if dist.kind != "single" else ""
+    where = f"; {dist.describe()}, global batch {plan.global_batch}" if dist.kind != "single" else ""
     print(
-        f"training {args.model_name} ({model.count_params():,} parameters) on {args.dataset_name}: "
-        f"{len(train_pairs)} train / {len(val_pairs)} {val_split or 'no validation'} images, input {h}x{w}, "
-        f"{n_classes} classes, loss {args.loss}, epochs {initial_epoch}->{epochs}{where}; saving to {folder}",
+        f"training {cfg.model_name} ({model.count_params():,} parameters) on {cfg.dataset_name}: "
+        f"{len(plan.train_pairs)} train / {len(plan.val_pairs)} {plan.val_split or 'no validation'} images, "
+        f"input {h}x{w}, {plan.n_classes} classes, loss {cfg.loss}, epochs {plan.initial_epoch}->{plan.epochs}"
+        f"{where}; saving to {plan.folder}",
         flush=True,
     )
-    if initial_epoch >= epochs:
-        print(f"nothing to do: the experiment already ran {initial_epoch} epochs (raise --epochs)")
-        cleanup_write_folder(write_dir, folder, dist)
-        return folder
+    if plan.initial_epoch >= plan.epochs:
+        print(f"nothing to do: the experiment already ran {plan.initial_epoch} epochs (raise --epochs)")
+        cleanup_write_folder(plan.write_dir, plan.folder, dist)
+        return plan.folder
     t0 = time.time()
     try:
-        model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
-                  callbacks=callbacks, verbose=verbose, shuffle=False)
+        with fit_context(dist):
+            model.fit(plan.train_ds, validation_data=plan.val_ds, epochs=plan.epochs, initial_epoch=plan.initial_epoch,
+                      steps_per_epoch=plan.steps_per_epoch, validation_steps=plan.validation_steps,
+                      callbacks=callbacks, verbose=verbose, shuffle=False)
     except Exception as e:  # decoding errors inside tf.data surface here
         if type(e).__name__ in ("InvalidArgumentError", "UnknownError", "NotFoundError"):
             first = str(e).strip().splitlines()[0][:300]
             raise DataError(
-                f"reading the data failed during training ({first}); run scripts/check_dataset.py on "
-                f"{p['root']} to find the bad file"
+                f"reading the data failed during training ({first}); run kseg doctor on "
+                f"{plan.root} to find the bad file"
             ) from None
         raise
     finally:
-        cleanup_write_folder(write_dir, folder, dist)
+        cleanup_write_folder(plan.write_dir, plan.folder, dist)
     if backup:
-        _remove_empty_dirs(os.path.dirname(backup), folder)
+        _remove_empty_dirs(os.path.dirname(backup), plan.folder)
     elapsed = time.time() - t0
-    summary = _summarise(folder, monitor) if dist.is_chief else "(see the chief)"
-    print(f"done in {elapsed / 60:.1f} min; best {monitor} = {summary}; experiment: {folder}")
-    return folder
+    if dist.is_chief:
+        record_run(plan, model)
+    summary = _summarise(plan.folder, monitor) if dist.is_chief else "(see the chief)"
+    print(f"done in {elapsed / 60:.1f} min; best {monitor} = {summary}; experiment: {plan.folder}")
+    return plan.folder
+
+
+def record_run(plan, model):
+    """Write what actually ran into ``config.json`` (``run``): epochs done, early stop, resumes."""
+    exp = X.read_config(plan.folder)
+    state = X.read_json(os.path.join(plan.folder, X.STATE))
+    run = dict(exp.run)
+    run["epochs_done"] = int(state["epoch"])
+    run["stopped_early"] = run["epochs_done"] < plan.epochs
+    if plan.resume:
+        run.setdefault("resumes", []).append({
+            "from_epoch": plan.initial_epoch, "to_epoch": run["epochs_done"],
+            "changed": sorted(plan.recipe_changes),
+            "at": datetime.datetime.now().isoformat(timespec="seconds")})
+        exp.train = plan.config.replace(resume=False, allow_recipe_change=False).to_dict()
+    exp.run = run
+    X.write_config(plan.folder, exp)
+
+
+def _set_precision(cfg):
+    policy = precision_policy(cfg.mixed_precision)
+    keras.mixed_precision.set_global_policy(policy)
+    how = "auto" if cfg.mixed_precision is None else ("--mixed_precision" if cfg.mixed_precision else "off")
+    if cfg.mixed_precision and policy == "float32":
+        print("mixed precision: no GPU and no native bfloat16 on this CPU; training in float32",
+              file=sys.stderr)
+    elif policy != "float32":
+        print(f"mixed precision ({how}): {policy}, loss and output activation in float32 "
+              f"(--no-mixed_precision trains in float32)")
+    return policy
+
+
+def train(config=None, *, explicit=None, **overrides):
+    """Train a model; returns the experiment folder (``weights/<exp_name>``).
+
+    Args:
+        config: a :class:`~kseg.config.TrainConfig` (or a dict / ``argparse.Namespace``
+            of its fields); ``None`` = all defaults (U-Net on the built-in sample).
+        explicit: names of the options the user set (the command line passes the flags
+            it was given); default: every option that differs from its default. With
+            ``resume``, an explicit recipe option that differs from the experiment's is
+            refused.
+        **overrides: fields of :class:`~kseg.config.TrainConfig` to change.
+
+    The Keras dtype policy chosen for the run is global state; it is restored when
+    training ends or fails, so a caller's later models are unaffected.
+
+    Distribution (see :mod:`kseg.distribute`): ``multi_gpus`` mirrors the model over
+    all local GPUs (``train_batch_size`` is per replica); a ``TF_CONFIG`` naming
+    several workers trains on all of them, the chief writing the experiment folder.
+
+    Example:
+        >>> import kseg
+        >>> folder = kseg.train(kseg.TrainConfig(model_name="unet", loss="dice", epochs=2))
+    """
+    cfg = as_train_config(config, **overrides)
+    if explicit is not None:
+        explicit = set(explicit) | set(overrides)
+    previous = keras.mixed_precision.global_policy()
+    try:
+        limit_malloc_arenas()  # before TensorFlow's threads exist: flat memory across epochs
+        # the strategy must exist before any TensorFlow work (multi-worker, logical devices)
+        dist = select_distribution(multi_gpus=cfg.multi_gpus)
+        plan = prepare(cfg, explicit)
+        plan.dist = dist
+        keras.utils.set_random_seed(plan.config.seed)
+        plan.policy = _set_precision(plan.config)
+        model = build_model(plan)
+        make_data(plan)
+        plan.write_dir = write_folder(plan.folder, dist)
+        os.makedirs(plan.write_dir, exist_ok=True)
+        model = make_model(plan, model)
+        if not plan.resume:
+            X.write_config(plan.write_dir, experiment_config(plan, model))
+        callbacks, monitor, backup = make_callbacks(plan)
+        return fit(plan, model, callbacks, monitor, backup)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def _remove_empty_dirs(path, stop):

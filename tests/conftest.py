@@ -4,8 +4,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import json  # noqa: E402
-
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -53,28 +51,21 @@ def tiny_dataset(tmp_path_factory):
 
 def write_experiment(folder, model, *, n_classes, size, model_name="unet", model_kwargs=None,
                      dataset="", image_init="divide", resize_op=1):
-    """Save ``model`` as ``best.keras`` with a ``config.json`` like scripts/train.py writes."""
+    """Save ``model`` as ``best.keras`` with the ``config.json`` kseg train would write for it."""
+    from kseg.config import ExperimentConfig, TrainConfig, label_values
     from kseg.data.io import voc_palette
+    from kseg.experiment import write_config
 
     os.makedirs(folder, exist_ok=True)
     model.save(os.path.join(folder, "best.keras"))
-    cfg = {
-        "model_name": model_name,
-        "model_kwargs": model_kwargs or {},
-        "n_classes": n_classes,
-        "input_height": size[0],
-        "input_width": size[1],
-        "image_init": image_init,
-        "resize_op": resize_op,
-        "ignore_index": 255,
-        "class_names": [f"c{i}" for i in range(max(n_classes, 2))],
-        "palette": voc_palette(max(n_classes, 2)).tolist(),
-        "dataset": dataset,
-        "loss": "ce",
-        "args": {},
-    }
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(cfg, f)
+    k = label_values(n_classes)
+    train = TrainConfig(model_name=model_name, model_option=model_kwargs or {}, n_classes=n_classes,
+                        input_height=size[0], input_width=size[1], image_init=image_init, resize_op=resize_op)
+    write_config(folder, ExperimentConfig(
+        model_name=model_name, model_kwargs=model_kwargs or {}, n_classes=n_classes, input_height=size[0],
+        input_width=size[1], image_init=image_init, resize_op=resize_op, ignore_index=255,
+        class_names=[f"c{i}" for i in range(k)], palette=voc_palette(k).tolist(), dataset=dataset,
+        loss="ce", train=train.to_dict()))
     return folder
 
 

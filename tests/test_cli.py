@@ -164,7 +164,7 @@ def test_crop_training_end_to_end(tmp_path, tiny_dataset):
     n_train = len(os.listdir(os.path.join(tiny_dataset, "train_image")))
     assert f"{n_train * 3 // 4}/{n_train * 3 // 4}" in r.stdout  # steps of the epoch in the progress line
     cfg = json.loads((tmp_path / "weights" / "crops" / "config.json").read_text())
-    assert cfg["args"]["train_crops"] == 3 and cfg["dtype_policy"] == "float32"
+    assert cfg["train"]["train_crops"] == 3 and cfg["dtype_policy"] == "float32"
 
 
 def test_test_script_on_a_folder_without_experiment(tmp_path, capsys):

@@ -15,10 +15,8 @@ import keras
 from kseg.errors import KsegError, UnknownNameError
 from kseg.losses import (
     CompositeLoss,
-    count_label_pixels,
     get_loss,
     list_losses,
-    median_frequency_weights,
 )
 
 ALL_LOSSES = [
@@ -340,7 +338,7 @@ def test_bad_class_weights_are_errors():
         get_loss("ce", 3, class_weights=[1, 2])
     with pytest.raises(KsegError, match="2 are needed.*background, foreground"):
         get_loss("dice", 1, class_weights=[1.0])
-    with pytest.raises(KsegError, match="median_frequency_weights"):
+    with pytest.raises(KsegError, match="kseg.data.stats.class_weights"):
         get_loss("ce", 3, class_weights="auto")
     with pytest.raises(KsegError, match=">= 0"):
         get_loss("ce", 3, class_weights=[1, -1, 1])
@@ -719,31 +717,6 @@ def test_sigmoid_model_trains(name):
     x, y = tiny_data(1)
     hist = train_steps(tiny_model(1), get_loss(name, 1), x, y[..., None])
     assert hist[-1] < hist[0] * 0.95, hist
-
-
-# --------------------------------------------------------------------------------------
-# class weights from label frequencies
-
-
-def test_median_frequency_weights_hand_computed():
-    # f = .6, .3, .1; median .3 -> .3/.6, .3/.3, .3/.1
-    assert median_frequency_weights([600, 300, 100]) == pytest.approx([0.5, 1.0, 3.0])
-    # an absent class gets the neutral weight 1; the median runs over present classes only
-    # f = .6, 0, .3, .1 -> median of (.6, .3, .1) = .3
-    assert median_frequency_weights([600, 0, 300, 100]) == pytest.approx([0.5, 1.0, 1.0, 3.0])
-    # even number of present classes: median of (.4, .1) = .25 -> [.625, 2.5]
-    assert median_frequency_weights([400, 100]) == pytest.approx([0.625, 2.5])
-    assert median_frequency_weights([0, 0]) == [1.0, 1.0]
-    with pytest.raises(KsegError):
-        median_frequency_weights([1, -1])
-
-
-def test_count_label_pixels():
-    labels = [np.array([[0, 1], [IGN, 2]]), np.array([1, 1, 9, 0])]
-    assert count_label_pixels(labels, 3).tolist() == [2, 3, 1]
-    assert count_label_pixels([np.array([0, 1, 1, IGN])], 1).tolist() == [1, 2]
-    w = median_frequency_weights(count_label_pixels(labels, 3))
-    assert get_loss("weighted_ce", 3, class_weights=w).class_weights == pytest.approx(w)
 
 
 def test_targets_with_unknown_static_shape_in_a_graph(batch3):

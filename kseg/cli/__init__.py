@@ -30,7 +30,8 @@ COMMANDS = {
     "models": ("models", "the model table (parameters, MACs, sizes)"),
     "reproduce": ("reproduce", "the README's results tables, from scratch"),
 }
-ALIASES = {"check_dataset": "doctor", "model_table": "models", "convert": "json_to_dataset"}
+ALIASES = {"check_dataset": "doctor", "model_table": "models", "convert": "json_to_dataset",
+           "augmentation": "augment"}
 
 
 def command_module(name):

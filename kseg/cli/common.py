@@ -9,13 +9,13 @@ import json
 import os
 import sys
 
+from kseg import config
 from kseg.errors import KsegError  # noqa: E402
 
 #: The source checkout kseg runs from (the maintainers' tools -- reproduce, benchmark --
 #: read and write results/ and README.md there).
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adadelta")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,34 +55,20 @@ def make_parser(description, epilog=None):
     return _Parser(description=description, epilog=epilog, prog=_PROG, formatter_class=_Formatter)
 
 
-def positive_int(v):
-    try:
-        i = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
-    if i <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
-    return i
+def _argtype(check):
+    """An argparse type from one of :mod:`kseg.config`'s value checks (one owner of each rule)."""
+    def convert(v):
+        try:
+            return check(v, "value")
+        except KsegError as e:
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+    convert.__name__ = check.__name__.replace("as_", "")
+    return convert
 
 
-def non_negative_int(v):
-    try:
-        i = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {v!r}") from None
-    if i < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {v!r}")
-    return i
-
-
-def positive_float(v):
-    try:
-        f = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v!r}") from None
-    if not f > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v!r}")
-    return f
+positive_int = _argtype(config.as_positive_int)
+non_negative_int = _argtype(config.as_non_negative_int)
+positive_float = _argtype(config.as_positive_float)
 
 
 def key_value(v):
@@ -97,73 +83,89 @@ def key_value(v):
     return k.strip(), val
 
 
-def add_data_args(p, dataset_default="shapes"):
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset_name", default=dataset_default,
-                   help="dataset folder under --data_dir (the built-in 'shapes' is generated when missing)")
-    g.add_argument("--data_dir", default="data", help="folder holding the datasets")
-    g.add_argument("--n_classes", type=positive_int, default=None,
-                   help="number of classes (default: from the dataset's dataset.json / classes.txt)")
-    g.add_argument("--input_height", type=positive_int, default=None,
-                   help="network input height (default: the dataset's suggested size, else 256)")
-    g.add_argument("--input_width", type=positive_int, default=None,
-                   help="network input width (default: as --input_height)")
-    g.add_argument("--resize_op", type=int, choices=(1, 2), default=1,
-                   help="1 = resize, 2 = letterbox (aspect kept, padded; undone at prediction)")
-    g.add_argument("--image_init", choices=("divide", "sub_and_divide", "sub_mean"), default="divide",
-                   help="input normalisation: x/255, x/127.5-1, or ImageNet mean subtraction")
-    g.add_argument("--ignore_index", type=int, default=None,
-                   help="label value excluded from losses and metrics (default: dataset's, else 255)")
-    return g
+class BoolFlag(argparse.Action):
+    """``--name`` (true), ``--no-name`` (false) and ``--name true|false|1|0|yes|no`` (the
+    spelling of older command lines, e.g. ``--validate True``)."""
+
+    def __init__(self, option_strings, dest, default=None, help=None, **kw):
+        names = list(option_strings)
+        names += [o.replace("--", "--no-", 1) for o in option_strings if o.startswith("--")]
+        super().__init__(names, dest, nargs="?", default=default, help=help, metavar="BOOL")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string.startswith("--no-"):
+            if values is not None:
+                parser.error(f"{option_string} takes no value")
+            setattr(namespace, self.dest, False)
+            return
+        try:
+            setattr(namespace, self.dest, True if values is None else config.as_bool(values))
+        except KsegError:
+            parser.error(f"argument {option_string}: expected true or false, got {values!r}")
 
 
-def add_model_args(p):
-    g = p.add_argument_group("model")
-    g.add_argument("--model_name", default="unet", help="a registered model (see scripts/model_table.py)")
-    g.add_argument("--model_option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="extra builder argument, repeatable (e.g. base_filters=32, encoder=resnet50)")
-    return g
+class KeyValues(argparse.Action):
+    """Repeatable ``--name KEY=VALUE`` collected into a dict."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        d = dict(getattr(namespace, self.dest, None) or {})
+        k, v = values
+        d[k] = v
+        setattr(namespace, self.dest, d)
 
 
-def add_train_args(p):
-    g = p.add_argument_group("training")
-    g.add_argument("--exp_name", default=None,
-                   help="experiment name (default: <model>_<dataset>, numbered if it exists)")
-    g.add_argument("--train_save_path", default="weights", help="folder holding experiments")
-    g.add_argument("--loss", default="ce", help="loss name or a sum: 'ce+dice', 'c_focal+0.5*dice'")
-    g.add_argument("--class_weights", default=None,
-                   help="'auto' (median frequency from the training labels) or comma-separated numbers")
-    g.add_argument("--validate", action=argparse.BooleanOptionalAction, default=True,
-                   help="evaluate on the val split (or test split when there is no val) every epoch")
-    g.add_argument("--epochs", type=positive_int, default=None,
-                   help="number of epochs (default: the dataset's suggestion, else 50)")
-    g.add_argument("--train_batch_size", type=positive_int, default=8)
-    g.add_argument("--val_batch_size", type=positive_int, default=8)
-    g.add_argument("--optimizer_name", choices=OPTIMIZERS, default="adam")
-    g.add_argument("--learning_rate", type=positive_float, default=1e-3)
-    g.add_argument("--resume", action="store_true",
-                   help="continue the experiment --exp_name (weights, optimizer state, epoch count)")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing experiment folder")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="online augmentation: random scale 0.75-1.25, h-flip, crop/pad "
-                        "(default: on, unless the dataset's dataset.json says \"augment\": false)")
-    g.add_argument("--cache", action="store_true", help="cache decoded images in memory")
-    g.add_argument("--train_crops", type=non_negative_int, default=0, metavar="N",
-                   help="0: resize every image to the input size (default). N > 0: keep images at their "
-                        "native resolution and train on N random input-size crops per image per epoch "
-                        "(validation: one centre crop); for large images predicted with test.py --mode slide")
-    g.add_argument("--jit_compile", default="auto", choices=("auto", "on", "off"),
-                   help="XLA compilation of the train step")
-    g.add_argument("--mixed_precision", action=argparse.BooleanOptionalAction, default=None,
-                   help="16-bit compute with float32 weights: mixed_float16 on a GPU, mixed_bfloat16 on a "
-                        "CPU with native bfloat16; loss, BatchNorm statistics and output stay float32 "
-                        "(default: auto = on for GPUs with tensor cores and CPUs with AMX, else off)")
-    g.add_argument("--multi_gpus", action="store_true",
-                   help="data-parallel training on all visible GPUs (tf.distribute.MirroredStrategy)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
-                   help="Keras progress: 1 = bar (default on a terminal), 2 = a line per epoch")
-    return g
+_GROUP_TITLES = {"model": "model", "data": "data", "training": "training", "optimizer": "optimizer and schedule",
+                 "speed": "speed and hardware"}
+
+
+def add_config_args(p, cls=None, aliases=None):
+    """Add one flag per field of a config dataclass (default :class:`kseg.config.TrainConfig`).
+
+    Defaults stay in the dataclass: a flag that is not given leaves its name out of the
+    parsed namespace (``argparse.SUPPRESS``), so :func:`config_from_args` knows which
+    options the user set. ``aliases`` maps a field to extra spellings
+    (``{"n_classes": ["--classes"]}``).
+    """
+    cls = cls or config.TrainConfig
+    aliases = aliases or {}
+    groups = {}
+    default = cls()
+    for f in cls.fields():
+        meta = f.metadata
+        gname = meta.get("group", "training")
+        if gname not in groups:
+            groups[gname] = p.add_argument_group(_GROUP_TITLES.get(gname, gname))
+        g = groups[gname]
+        d = getattr(default, f.name)
+        shown = "auto" if d is None else (",".join(f"{k}={v}" for k, v in d.items()) or "none"
+                                          if isinstance(d, dict) else d)
+        help_ = f"{meta.get('help', '')} (default: {shown})".replace("%", "%%")
+        names = [f"--{f.name}"] + list(aliases.get(f.name, ()))
+        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=help_)
+        flag = meta.get("flag", "value")
+        if flag == "bool":
+            g.add_argument(*names, action=BoolFlag, **kw)
+        elif flag == "kv":
+            g.add_argument(*names, type=key_value, action=KeyValues, metavar=meta.get("metavar") or "KEY=VALUE",
+                           **kw)
+        elif flag == "resume":
+            g.add_argument(*names, nargs="?", const=True, metavar="PATH", **kw)
+        else:
+            check = meta.get("check")
+            choices = meta.get("choices")
+            typ = _argtype(check) if check else (type(choices[0]) if choices else
+                                                  (type(d) if d is not None else str))
+            if f.name == "ignore_index" or f.name == "seed":
+                typ = int
+            g.add_argument(*names, type=typ, choices=choices, metavar=meta.get("metavar"), **kw)
+    return p
+
+
+def config_from_args(args, cls=None):
+    """``(config, explicit)``: the config dataclass from parsed flags, and the names the user gave."""
+    cls = cls or config.TrainConfig
+    given = {k: v for k, v in vars(args).items() if k in {f.name for f in cls.fields()}}
+    return cls.from_dict(given), set(given)
 
 
 def run_main(main, argv=None, prog=None):
@@ -180,4 +182,7 @@ def run_main(main, argv=None, prog=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # output piped into head & co.: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     sys.exit(rc or 0)

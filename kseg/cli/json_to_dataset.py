@@ -1,7 +1,8 @@
 """Convert a folder of labelme JSON annotations into a kseg dataset.
 
-    python scripts/json_to_dataset.py --input_dir path/to/data_annotated \
+    kseg json_to_dataset --input_dir path/to/data_annotated \
         --labels path/to/labels.txt --output data/labelme_demo --split 0.8 0.1 0.1 --seed 0
+    python scripts/json_to_dataset.py path/to/data_annotated     # -> data/data_annotated
 
 Writes data/<name>/{train,val,test}_{image,label}/ (palette PNG labels, one class-id
 map for every file), classes.txt and dataset.json. labelme draws the masks, so every
@@ -12,23 +13,27 @@ import os
 
 
 from kseg.cli.common import make_parser, run_main
-from kseg.data.doctor import parse_split
-from kseg.data.io import DEFAULT_IGNORE_INDEX
+from kseg.config import IGNORE_INDEX as DEFAULT_IGNORE_INDEX
+from kseg.data.layout import parse_split
 from kseg.data.labelme import convert_labelme_folder
 from kseg.errors import DataError
 
 
 def build_parser():
     p = make_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--input_dir", required=True, help="folder of labelme .json files (images next to them or embedded)")
+    p.add_argument("folder", nargs="?", default=None,
+                   help="folder of labelme .json files, as older command lines gave it "
+                        "(json_to_dataset.py <folder>); same as --input_dir")
+    p.add_argument("--input_dir", default=None, help="folder of labelme .json files (images next to them or embedded)")
     p.add_argument(
         "--labels",
         default=None,
         help="labels.txt, one class per line (__ignore__ first, then _background_ = 0, ...); "
         "default: _background_ + the labels found, sorted",
     )
-    out = p.add_mutually_exclusive_group(required=True)
-    out.add_argument("--output", help="dataset folder to create, e.g. data/labelme_demo")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--output", help="dataset folder to create, e.g. data/labelme_demo "
+                                      "(default: <data_dir>/<name of the input folder>)")
     out.add_argument("--dataset_name", help="same as --output <data_dir>/<dataset_name>")
     p.add_argument("--data_dir", default="data", help="parent folder for --dataset_name (default: data)")
     p.add_argument(
@@ -47,8 +52,15 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    output = args.output or os.path.join(args.data_dir, args.dataset_name)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.folder and args.input_dir and os.path.abspath(args.folder) != os.path.abspath(args.input_dir):
+        parser.error(f"two input folders: {args.folder} and --input_dir {args.input_dir}; give one")
+    args.input_dir = args.input_dir or args.folder
+    if not args.input_dir:
+        parser.error("the following arguments are required: --input_dir (or the folder as the first argument)")
+    name = args.dataset_name or os.path.basename(os.path.normpath(os.path.abspath(args.input_dir)))
+    output = args.output or os.path.join(args.data_dir, name)
     if args.labels is not None and not os.path.isfile(args.labels):
         raise DataError(f"labels file {args.labels} does not exist; check --labels")
     split = parse_split(args.split)

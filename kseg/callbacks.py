@@ -1,0 +1,128 @@
+"""Keras callbacks of a kseg run: the experiment's checkpoints and the epoch timer."""
+
+import datetime
+import os
+import time
+
+import keras
+import numpy as np
+
+from kseg import experiment as X
+from kseg.data.io import atomic_path
+
+
+class ExperimentCheckpoint(keras.callbacks.Callback):
+    """Saves ``last.keras`` every epoch and ``best.keras`` when the monitored
+    metric improves, both atomically, and records the epoch for ``--resume``."""
+
+    def __init__(self, folder, monitor, best=None, verbose=True):
+        super().__init__()
+        self.folder = folder
+        self.monitor = monitor
+        self.best = best
+        self.verbose = verbose
+
+    def _save(self, name):
+        with atomic_path(os.path.join(self.folder, name)) as tmp:
+            self.model.save(tmp)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        improved = value is not None and (self.best is None or value > self.best)
+        if improved:
+            self.best = float(value)
+            self._save(X.BEST)
+        self._save(X.LAST)
+        X.write_json(
+            os.path.join(self.folder, X.STATE),
+            {"epoch": epoch + 1, "monitor": self.monitor, "best": self.best,
+             "updated": datetime.datetime.now().isoformat(timespec="seconds")},
+        )
+        if improved and self.verbose:
+            print(f"\nepoch {epoch + 1}: {self.monitor} improved to {value:.4f}, saved {X.BEST}", flush=True)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds ``epoch_time_s`` (wall clock of the epoch, validation included) to the
+    epoch logs, so ``history.csv`` and TensorBoard record it. Must run before the
+    loggers."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and hasattr(self, "_t0"):
+            logs["epoch_time_s"] = round(time.perf_counter() - self._t0, 2)
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds ``learning_rate`` to the epoch logs: the rate of the epoch's FIRST step
+    (with a schedule it changes every step), so ``history.csv`` and TensorBoard
+    record it. Must run before the loggers."""
+
+    def _current(self):
+        opt = self.model.optimizer
+        opt = getattr(opt, "inner_optimizer", opt)  # LossScaleOptimizer under mixed_float16
+        lr = opt.learning_rate
+        return float(keras.ops.convert_to_numpy(lr))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._lr = self._current()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = getattr(self, "_lr", None) or self._current()
+
+
+class ValidationPanels(keras.callbacks.Callback):
+    """Every ``every`` epochs, writes a panel of ``n`` validation images to TensorBoard
+    (``logs/validation_panels``): input | ground truth | prediction, one row per image,
+    classes in the experiment's palette. TensorBoard backend only (it uses
+    ``tf.summary``); a no-op elsewhere.
+    """
+
+    def __init__(self, val_ds, logdir, palette, every=5, n=4, ignore_index=None):
+        super().__init__()
+        self.val_ds, self.logdir, self.every, self.n = val_ds, logdir, int(every), int(n)
+        self.palette = np.asarray(palette, dtype="uint8")
+        self.ignore_index = ignore_index
+        self._batch = None
+        self._writer = None
+
+    def _first_batch(self):
+        if self._batch is None:
+            x, y = next(iter(self.val_ds.unbatch().batch(self.n).take(1)))
+            self._batch = (np.asarray(x), np.asarray(y))
+        return self._batch
+
+    def panel(self, x, y, prob):
+        """The panel as one ``uint8`` image ``(rows * h, 3 * w, 3)``."""
+        pal = self.palette
+        pred = (prob[..., 0] > 0.5).astype("int64") if prob.shape[-1] == 1 else prob.argmax(-1)
+        rows = []
+        for img, lbl, pr in zip(x, y.reshape(y.shape[:3]), pred):
+            img = img.astype("float32")
+            lo, hi = img.min(), img.max()
+            img = ((img - lo) / max(hi - lo, 1e-6) * 255).astype("uint8")
+            if img.shape[-1] == 1:
+                img = np.repeat(img, 3, axis=-1)
+            lbl = lbl.astype("int64")
+            gt = pal[np.clip(lbl, 0, len(pal) - 1)]
+            if self.ignore_index is not None:
+                gt[lbl == self.ignore_index] = 0
+            rows.append(np.concatenate([img[..., :3], gt, pal[np.clip(pr, 0, len(pal) - 1)]], axis=1))
+        return np.concatenate(rows, axis=0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.val_ds is None or (epoch + 1) % self.every or keras.backend.backend() != "tensorflow":
+            return
+        import tensorflow as tf
+
+        x, y = self._first_batch()
+        prob = np.asarray(keras.ops.convert_to_numpy(self.model(x, training=False)), dtype="float32")
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.logdir, "validation_panels"))
+        with self._writer.as_default():
+            tf.summary.image("input | ground truth | prediction", self.panel(x, y, prob)[None], step=epoch)
+        self._writer.flush()

@@ -1,0 +1,130 @@
+"""What this machine offers and how kseg uses it: GPUs, bfloat16 units, XLA, memory arenas.
+
+Every probe is a function, called when a command needs the answer; importing this
+module probes nothing. Training, the benchmark and the precision switch of every
+command read these answers here and nowhere else.
+"""
+
+import os
+import sys
+
+import keras
+
+from kseg.errors import ConfigError
+
+
+def limit_malloc_arenas(n=2):
+    """Cap glibc's malloc arenas (as ``MALLOC_ARENA_MAX=n`` would) unless the user set it.
+
+    glibc gives threads their own allocation arenas; with tf.data and TensorFlow
+    thread pools allocating and freeing large buffers, the resident memory of a
+    training process then creeps up epoch after epoch (fragmentation, measured in
+    README.md, Performance). With 2 arenas it levels off after a few epochs. Must run
+    before TensorFlow starts its threads; a no-op outside glibc. Returns whether the
+    cap was set.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-8, int(n)))  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False
+
+
+def gpu_available():
+    """Whether the current backend sees a GPU."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    try:
+        return bool(keras.distribution.list_devices("gpu"))
+    except Exception:  # backends without the distribution API, or no GPU runtime
+        return False
+
+
+def resolve_jit_compile(value, dist=None):
+    """Map ``--jit_compile`` (``auto``/``on``/``off``, or a bool) to ``True``/``False``.
+
+    ``auto`` is what measured fastest (README, Performance): XLA on a GPU; on a
+    CPU-only machine TensorFlow's oneDNN graph kernels beat XLA for the conv nets
+    of the zoo, so ``auto`` is off there. Under ``tf.distribute`` ``auto`` is off
+    (as in Keras). The JAX backend always compiles with XLA; torch never does.
+    """
+    if isinstance(value, bool):
+        return value
+    if value not in ("auto", "on", "off"):
+        raise ConfigError(f"--jit_compile {value!r}: expected auto, on or off")
+    if value != "auto":
+        return value == "on"
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return True
+    if backend != "tensorflow":
+        return False
+    if dist is not None and dist.uses_tf_distribute:
+        return False
+    return gpu_available()
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(f.read().split())
+    except OSError:
+        return set()
+
+
+def cpu_supports_bfloat16():
+    """Whether the CPU has native bfloat16 arithmetic (x86 AVX512-BF16 / AMX-BF16, ARM BF16)."""
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_has_bfloat16_matrix_units():
+    """Whether the CPU has bfloat16 matrix units (x86 AMX-BF16), where oneDNN's bfloat16
+    convolutions run several times faster than float32 ones (README, Performance)."""
+    return "amx_bf16" in _cpu_flags()
+
+
+def gpu_has_tensor_cores():
+    """Whether every visible GPU has float16 tensor cores (CUDA compute capability >= 7.0).
+    Known only on the TensorFlow backend; ``False`` elsewhere."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return False
+    for g in gpus:
+        cc = tf.config.experimental.get_device_details(g).get("compute_capability")
+        if not cc or tuple(cc) < (7, 0):
+            return False
+    return True
+
+
+def precision_policy(mixed_precision):
+    """The Keras dtype policy for ``--mixed_precision`` (``True``/``False``/``None`` = auto).
+
+    On: ``mixed_float16`` on a GPU; ``mixed_bfloat16`` on a CPU with native bfloat16
+    (elsewhere bfloat16 is emulated and slower, so float32 is kept). Auto (the default
+    of ``scripts/train.py``): on only where the hardware has 16-bit matrix units that
+    make it clearly faster -- GPUs with tensor cores, CPUs with AMX -- and float32
+    elsewhere. Models compute their output activation, BatchNorm statistics and kseg
+    losses their value in float32 either way.
+    """
+    if mixed_precision is None:
+        if gpu_available():
+            return "mixed_float16" if gpu_has_tensor_cores() else "float32"
+        return "mixed_bfloat16" if cpu_has_bfloat16_matrix_units() else "float32"
+    if not mixed_precision:
+        return "float32"
+    if gpu_available():
+        return "mixed_float16"
+    if cpu_supports_bfloat16():
+        return "mixed_bfloat16"
+    return "float32"
