@@ -329,9 +329,12 @@ def run_model_config(cfg):
     """
     impl = cfg.get("impl", "kseg")
     if impl == "kseg":
-        # importing kseg.training caps malloc arenas before TensorFlow starts, as in
-        # scripts/train.py; the baseline process never imports it
-        from kseg.training import compile_model, precision_policy, resolve_jit_compile
+        # kseg caps malloc arenas before TensorFlow starts, as kseg train does; the
+        # baseline process does not
+        from kseg.hardware import limit_malloc_arenas, precision_policy, resolve_jit_compile
+
+        limit_malloc_arenas()
+        from kseg.optim import compile_model
     configure_threads(cfg.get("intra_threads", 0), cfg.get("inter_threads", 0))
     import keras
 
@@ -408,7 +411,8 @@ def interleaved_comparison(cfg):
     import keras
 
     from kseg.models import get_model
-    from kseg.training import compile_model, precision_policy, resolve_jit_compile
+    from kseg.hardware import precision_policy, resolve_jit_compile
+    from kseg.optim import compile_model
 
     h, w = int(cfg["input_height"]), int(cfg["input_width"])
     b, n_classes = int(cfg.get("batch_size", 4)), int(cfg.get("n_classes", 2))
@@ -556,8 +560,11 @@ def rss_over_epochs(cfg):
     The data streams from disk through ``make_dataset`` (no cache).
     """
     impl = cfg.get("impl", "kseg")
-    if impl == "kseg":  # caps malloc arenas at import, as in scripts/train.py (not for the baseline)
-        from kseg.training import compile_model, precision_policy, resolve_jit_compile
+    if impl == "kseg":  # kseg caps malloc arenas before TensorFlow starts (not the baseline)
+        from kseg.hardware import limit_malloc_arenas, precision_policy, resolve_jit_compile
+
+        limit_malloc_arenas()
+        from kseg.optim import compile_model
     configure_threads(cfg.get("intra_threads", 0), cfg.get("inter_threads", 0))
     import keras
 

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 
 from kseg import experiment as X
-from kseg.data.io import atomic_path
+from kseg.files import atomic_path
 
 
 class ExperimentCheckpoint(keras.callbacks.Callback):

@@ -122,11 +122,16 @@ def tf2onnx_numpy2():
     and once per process (it is cached). Here the uncached function is run
     inside :func:`restored`, so those three attributes are put back on exit.
     """
+    import warnings
+
     try:
-        import numpy as np
-        import tf2onnx.graph
-        import tf2onnx.tfonnx
-        from keras.src.export.tf2onnx_lib import patch_tf2onnx
+        with warnings.catch_warnings():  # their import-time Future/DeprecationWarnings are not the user's
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import numpy as np
+            import tf2onnx.graph
+            import tf2onnx.tfonnx
+            from keras.src.export.tf2onnx_lib import patch_tf2onnx
     except ImportError:  # pragma: no cover - no tf2onnx, or a Keras without the fixes
         yield
         return

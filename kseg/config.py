@@ -64,48 +64,35 @@ _FALSE = ("0", "false", "no", "n", "off")
 
 # Value checks shared by TrainConfig (Python API) and the command line (argparse types).
 # Each returns the converted value or raises ConfigError with a one-line message.
-def as_positive_int(v, name="value"):
+def _as_number(v, name, kind, minimum, strict, what):
+    """``v`` as ``kind`` (int or float) that is ``> minimum`` (strict) or ``>= minimum``."""
     try:
-        i = int(v)
-        if isinstance(v, float) and v != i:
+        if isinstance(v, bool):
             raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected a positive integer, got {v!r}") from None
-    if i <= 0 or isinstance(v, bool):
-        raise ConfigError(f"{name}: expected a positive integer, got {v!r}")
-    return i
+        x = kind(v)
+        if kind is int and isinstance(v, float) and v != x:
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{name}: expected {what}, got {v!r}") from None
+    if not (x > minimum if strict else x >= minimum) or x != x or x == float("inf"):
+        raise ConfigError(f"{name}: expected {what}, got {v!r}")
+    return x
+
+
+def as_positive_int(v, name="value"):
+    return _as_number(v, name, int, 0, True, "a positive integer")
 
 
 def as_non_negative_int(v, name="value"):
-    try:
-        i = int(v)
-        if isinstance(v, float) and v != i:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected a whole number >= 0, got {v!r}") from None
-    if i < 0 or isinstance(v, bool):
-        raise ConfigError(f"{name}: expected a whole number >= 0, got {v!r}")
-    return i
+    return _as_number(v, name, int, 0, False, "a whole number >= 0")
 
 
 def as_positive_float(v, name="value"):
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected a positive number, got {v!r}") from None
-    if not f > 0 or f != f or f == float("inf") or isinstance(v, bool):
-        raise ConfigError(f"{name}: expected a positive number, got {v!r}")
-    return f
+    return _as_number(v, name, float, 0.0, True, "a positive number")
 
 
 def as_non_negative_float(v, name="value"):
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected a number >= 0, got {v!r}") from None
-    if not f >= 0 or f == float("inf") or isinstance(v, bool):
-        raise ConfigError(f"{name}: expected a number >= 0, got {v!r}")
-    return f
+    return _as_number(v, name, float, 0.0, False, "a number >= 0")
 
 
 def as_fraction(v, name="value"):
@@ -263,8 +250,9 @@ class TrainConfig:
                                          "tiny models)", check=as_positive_int, group="speed")
     multi_gpus: bool = _field(False, "data-parallel training on all visible GPUs (tf.distribute.MirroredStrategy)",
                               flag="bool", group="speed")
-    verbose: int = _field(None, "Keras progress: 1 = bar (default on a terminal), 2 = a line per epoch, 0 = none",
-                          choices=(0, 1, 2), group="speed")
+    verbose: int = _field(None, "Keras progress: 1 = bar (default on a terminal), 2 = a line per epoch, 0 = none; "
+                                "3 = a line per epoch and TensorFlow's own start-up log",
+                          choices=(0, 1, 2, 3), group="speed")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -371,6 +359,16 @@ class ExperimentConfig:
     def input_size(self):
         return (self.input_height, self.input_width)
 
+    @property
+    def n_values(self):
+        """Label values the model predicts (:func:`label_values` of ``n_classes``)."""
+        return label_values(self.n_classes)
+
+    def names(self):
+        """One class name per label value (``class_<i>`` where the config has none)."""
+        names = [str(x) for x in self.class_names][: self.n_values]
+        return names + [f"class_{i}" for i in range(len(names), self.n_values)]
+
     # read access by key (``config["n_classes"]``), as for the JSON object it is written as
     def __getitem__(self, key):
         if key in self.__dataclass_fields__:
@@ -387,6 +385,14 @@ class ExperimentConfig:
             return self[key]
         except KeyError:
             return default
+
+    @classmethod
+    def coerce(cls, config, **defaults):
+        """An ExperimentConfig from an ExperimentConfig or a dict of its fields (e.g. read from
+        JSON); ``defaults`` fill fields the dict lacks (e.g. ``n_classes`` from a model)."""
+        if isinstance(config, cls):
+            return config
+        return cls.from_dict({**defaults, **dict(config or {})}, source="the experiment config")
 
     @classmethod
     def from_dict(cls, d, source="config.json"):

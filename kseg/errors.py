@@ -72,6 +72,14 @@ class UploadError(KsegError):
         self.status = status
 
 
+class BenchmarkError(KsegError):
+    """A benchmark that cannot run as asked (a model that cannot take the size, a failed run)."""
+
+
+class ReproduceError(KsegError):
+    """A results table that cannot be prepared or run (missing source data, a failed command)."""
+
+
 def unknown_name(kind, name, valid):
     """Build an :class:`UnknownNameError` listing the valid names."""
     return UnknownNameError(

@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 from kseg.config import IGNORE_INDEX, label_values
-from kseg.data.io import atomic_path, list_files, read_label, write_image, write_label
+from kseg.data.io import list_files, read_label, write_image, write_label
+from kseg.files import atomic_path
 from kseg.data.layout import CLASSES_TXT, DATASET_JSON, LABEL_EXTENSIONS, read_class_file, read_class_files
 from kseg.data.palette import (  # noqa: F401 (add_legend, legend_strip re-exported)
     FONT,

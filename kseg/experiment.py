@@ -8,7 +8,7 @@ import json
 import os
 
 from kseg.config import ExperimentConfig
-from kseg.data.io import atomic_path
+from kseg.files import atomic_path
 from kseg.errors import ConfigError, ExperimentError
 
 CONFIG = "config.json"

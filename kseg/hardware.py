@@ -1,14 +1,12 @@
 """What this machine offers and how kseg uses it: GPUs, bfloat16 units, XLA, memory arenas.
 
 Every probe is a function, called when a command needs the answer; importing this
-module probes nothing. Training, the benchmark and the precision switch of every
+module probes nothing and imports neither Keras nor TensorFlow. Training, the benchmark and the precision switch of every
 command read these answers here and nowhere else.
 """
 
 import os
 import sys
-
-import keras
 
 from kseg.errors import ConfigError
 
@@ -36,6 +34,8 @@ def limit_malloc_arenas(n=2):
 
 def gpu_available():
     """Whether the current backend sees a GPU."""
+    import keras
+
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -55,6 +55,8 @@ def resolve_jit_compile(value, dist=None):
     of the zoo, so ``auto`` is off there. Under ``tf.distribute`` ``auto`` is off
     (as in Keras). The JAX backend always compiles with XLA; torch never does.
     """
+    import keras
+
     if isinstance(value, bool):
         return value
     if value not in ("auto", "on", "off"):
@@ -93,6 +95,8 @@ def cpu_has_bfloat16_matrix_units():
 def gpu_has_tensor_cores():
     """Whether every visible GPU has float16 tensor cores (CUDA compute capability >= 7.0).
     Known only on the TensorFlow backend; ``False`` elsewhere."""
+    import keras
+
     if keras.backend.backend() != "tensorflow":
         return False
     import tensorflow as tf
@@ -128,3 +132,54 @@ def precision_policy(mixed_precision):
     if cpu_supports_bfloat16():
         return "mixed_bfloat16"
     return "float32"
+
+
+#: Set to 1 to see TensorFlow's native start-up log (absl/oneDNN/CUDA lines) again.
+ENV_ENGINE_LOG = "KSEG_ENGINE_LOG"
+
+
+def start_engine(show_log=None):
+    """Import Keras and its TensorFlow engine with their native start-up log captured.
+
+    On a CPU-only machine TensorFlow prints oneDNN, "could not find cuda drivers" and
+    ``cuInit`` lines from C++ before any kseg output; they say nothing a user can act
+    on. The commands call this before they build a model: the lines are written to a
+    temporary file and dropped, unless the import fails (then they are shown) or
+    ``show_log`` (default: ``$KSEG_ENGINE_LOG=1``) asks for them; the libraries'
+    Future/DeprecationWarnings are silenced the same way. Returns the module ``keras``.
+    """
+    import tempfile
+
+    limit_malloc_arenas()  # before TensorFlow starts its threads
+    if show_log is None:
+        show_log = os.environ.get(ENV_ENGINE_LOG, "") not in ("", "0")
+    if not show_log:  # the libraries' notes to their own developers, not to a kseg user
+        import warnings
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if show_log or "tensorflow" in sys.modules:
+        import keras as k
+
+        return k
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        failed = True
+        try:
+            import keras as k
+
+            if k.backend.backend() == "tensorflow":
+                import tensorflow as tf
+
+                tf.config.list_physical_devices()  # device start-up prints here
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                log.seek(0)
+                sys.stderr.write(log.read().decode(errors="replace"))
+    return k

@@ -39,6 +39,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from kseg.config import ExperimentConfig
 from kseg.data.io import read_image
 from kseg.data.preprocess import check_image_init, check_resize_op, network_input, normalize, restore_size
 from kseg.errors import KsegError
@@ -147,14 +148,14 @@ class Predictor:
         if mode not in MODES:
             raise KsegError(f"unknown prediction mode {mode!r}; valid: {', '.join(MODES)}")
         self.run = run
-        self.config = config
+        self.config = config = ExperimentConfig.coerce(config)
         self.mode = mode
-        self.size = (int(config["input_height"]), int(config["input_width"]))
+        self.size = config.input_size
         self.flip = bool(flip)
         self.batch_size = max(1, int(batch_size))
-        self.image_init = check_image_init(config.get("image_init", "divide"))
-        self.resize_op = check_resize_op(config.get("resize_op", 1))
-        self.n_classes = int(config["n_classes"])
+        self.image_init = check_image_init(config.image_init)
+        self.resize_op = check_resize_op(config.resize_op)
+        self.n_classes = config.n_classes
         self.timer = None
         fixed = getattr(run, "input_size", None)
         self.fixed_size = tuple(int(v) for v in fixed) if fixed and None not in tuple(fixed) else None
@@ -165,7 +166,7 @@ class Predictor:
             try:
                 from kseg.models import model_spec
 
-                spec = model_spec(config.get("model_name"))
+                spec = model_spec(config.model_name)
                 known = True
             except Exception:
                 pass
@@ -197,7 +198,7 @@ class Predictor:
                         ok = [max(self.min_size, _ceil_to(v, self.divisor)) for v in self.tile]
                         raise KsegError(
                             f"--tile {self.tile[0]} {self.tile[1]} is not allowed for "
-                            f"{config.get('model_name')}: sides must be multiples of {self.divisor} and at "
+                            f"{config.model_name}: sides must be multiples of {self.divisor} and at "
                             f"least {self.min_size}; use e.g. --tile {ok[0]} {ok[1]}"
                         )
         self.stride = tuple(int(s) for s in stride) if stride else tuple(max(1, (2 * t) // 3) for t in self.tile)
@@ -395,11 +396,9 @@ def predict_folder(predictor, test_dir, output=None, *, label_dir=None, overlays
         items = [(p, None) for p in list_files(test_dir, IMAGE_EXTENSIONS)]
         if not items:
             raise DataError(f"no images found in {test_dir}")
-    n = max(int(cfg["n_classes"]), 2)
-    names = list(cfg.get("class_names") or [])[:n]
-    names += [f"class_{i}" for i in range(len(names), n)]
-    palette = cfg.get("palette") or voc_palette(n).tolist()
-    ev = Evaluator(cfg["n_classes"], cfg.get("ignore_index", 255), names)
+    names = cfg.names()
+    palette = cfg.palette or voc_palette(cfg.n_values).tolist()
+    ev = Evaluator(cfg.n_classes, cfg.ignore_index, names)
     timer, per_image, kept = (StageTimer() if timing else None), [], ({} if output is None else None)
     if timer is not None and items:  # warm-up: compile / load kernels, not measured
         predictor.predict(read_image(items[0][0]))

@@ -35,7 +35,7 @@ from kseg.config import (
     label_values,
 )
 from kseg.data.dataset import load_dataset_info, scan_pairs
-from kseg.data.layout import atomic_path
+from kseg.files import atomic_path
 from kseg.data.palette import palette_for
 from kseg.data.preprocess import check_image_init, check_resize_op
 from kseg.data.sample import SAMPLE_NAME, ensure_sample_dataset
@@ -470,6 +470,7 @@ def fit(plan, model, callbacks, monitor, backup):
     """Step 5: ``model.fit`` from the first or resumed epoch; returns the experiment folder."""
     cfg, dist, (h, w) = plan.config, plan.dist, plan.input_size
     verbose = cfg.verbose if cfg.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    verbose = min(verbose, 2)  # 3: the engine's start-up log too (kseg.cli.common.start_engine)
     if not dist.is_chief:
         verbose = 0
     where = f"; {dist.describe()}, global batch {plan.global_batch}" if dist.kind != "single" else ""

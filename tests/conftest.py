@@ -11,6 +11,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATASETS = os.path.join(os.path.dirname(REPO), "shared", "datasets")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _free_keras_state():
+    """After each test module: drop Keras' global state (graphs, traced functions, layer
+    name counters) so that models built by earlier modules do not pile up in memory."""
+    yield
+    import gc
+    import sys
+
+    if "keras" in sys.modules:
+        import keras
+
+        keras.backend.clear_session()
+    gc.collect()
+
+
 def shared_dataset(name):
     """Path of a real dataset in ../shared/datasets, or skip the test when absent."""
     path = os.path.join(SHARED_DATASETS, name)

@@ -76,7 +76,7 @@ def test_paper_unet_cost_at_224():
 def test_time_training_returns_one_time_per_timed_execution():
     import keras
 
-    from kseg.training import compile_model
+    from kseg.optim import compile_model
 
     keras.utils.set_random_seed(0)
     m = B.plain_unet(2, (32, 32, 3), base_filters=4, depth=1)
@@ -157,7 +157,7 @@ def test_rss_over_epochs_reports_every_epoch(tiny_dataset):
 
 
 def test_jit_compile_resolution(monkeypatch):
-    from kseg import training as T
+    from kseg import hardware as T
     from kseg.errors import KsegError
 
     assert T.resolve_jit_compile("on") is True and T.resolve_jit_compile("off") is False
@@ -174,7 +174,7 @@ def test_jit_compile_resolution(monkeypatch):
 
 
 def test_precision_policy(monkeypatch):
-    from kseg import training as T
+    from kseg import hardware as T
 
     assert T.precision_policy(False) == "float32"
     monkeypatch.setattr(T, "gpu_available", lambda: True)
@@ -187,7 +187,7 @@ def test_precision_policy(monkeypatch):
 
 
 def test_precision_policy_auto_is_on_only_with_16_bit_matrix_units(monkeypatch):
-    from kseg import training as T
+    from kseg import hardware as T
 
     monkeypatch.setattr(T, "gpu_available", lambda: True)
     monkeypatch.setattr(T, "gpu_has_tensor_cores", lambda: True)
@@ -208,7 +208,7 @@ def test_mixed_bfloat16_training_keeps_loss_and_output_float32():
     import keras
 
     from kseg.models import get_model
-    from kseg.training import compile_model
+    from kseg.optim import compile_model
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
@@ -252,7 +252,7 @@ def test_benchmark_script_end_to_end(tmp_path, tiny_dataset):
                                                            abs=0.002)
         assert m["pipeline_images_per_s"] > 0 and m["peak_rss_mb"] > 0
         # the baseline in Keras' default float32; kseg as scripts/train.py trains by default
-        from kseg.training import precision_policy
+        from kseg.hardware import precision_policy
 
         assert m["dtype_policy"] == ("float32" if m["impl"] == "plain" else precision_policy(None))
         assert m["jit_compile"] is False

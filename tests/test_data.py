@@ -244,3 +244,27 @@ def test_pipeline_native_resolution_crops(tmp_path):
     x, y = next(iter(make_dataset(pairs, (20, 30), 1, crops=1)))
     x, y = (x.numpy()[0, ..., 0] * 255).round(), y.numpy()[0]
     assert x[0, 0] == 2 * 30 and (y == 1).all()  # centre crop: columns 30..59, rows 20..39
+
+
+@pytest.mark.parametrize("image_init,resize_op", [("divide", 1), ("sub_and_divide", 1), ("sub_mean", 2)])
+def test_training_pipeline_feeds_what_prediction_feeds(tmp_path, image_init, resize_op):
+    """The tf.data pipeline (validation mode) and kseg.data.preprocess.network_input -- used by
+    prediction and export -- give the same network input for the same file: same order
+    (normalise, then resize/letterbox), same padding; only the two bilinear kernels differ."""
+    from kseg.data.pipeline import make_dataset
+    from kseg.data.preprocess import network_input
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (40, 56, 3)).astype("uint8")
+    write_image(str(tmp_path / "a.png"), img)
+    write_label(str(tmp_path / "a_label.png"), np.zeros((40, 56), "uint8"))
+    ds = make_dataset([(str(tmp_path / "a.png"), str(tmp_path / "a_label.png"))], (32, 32), 1, training=False,
+                      image_init=image_init, resize_op=resize_op)
+    x_train = next(iter(ds))[0].numpy()[0]
+    x_pred = network_input(img, (32, 32), image_init, resize_op)
+    scale = {"divide": 1.0, "sub_and_divide": 2.0, "sub_mean": 255.0}[image_init]
+    assert x_train.shape == x_pred.shape == (32, 32, 3)
+    assert np.abs(x_train - x_pred).max() <= 0.03 * scale
+    assert np.abs(x_train - x_pred).mean() <= 0.003 * scale
+    if resize_op == 2:  # letterbox rows: zero in normalised space in both
+        assert np.all(x_train[:4] == 0) and np.all(x_pred[:4] == 0)

@@ -98,7 +98,7 @@ import numpy as np
 import keras
 from kseg.distribute import select_distribution, Distribution
 from kseg.models import get_model
-from kseg.training import compile_model
+from kseg.optim import compile_model
 
 dist = select_distribution(multi_gpus=True)          # KSEG_DISTRIBUTE_CPU_DEVICES=2
 assert dist.kind == "mirrored" and dist.num_replicas == 2, dist
@@ -234,7 +234,7 @@ import numpy as np
 import keras
 from kseg.distribute import select_distribution
 from kseg.models import get_model
-from kseg.training import compile_model
+from kseg.optim import compile_model
 
 assert keras.backend.backend() == "jax"
 rng = np.random.default_rng(0)

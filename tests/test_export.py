@@ -385,6 +385,7 @@ def test_failed_parity_leaves_no_file(exp, monkeypatch, capsys):
     assert not os.path.exists(new) and _leftovers(exp) == []
 
     script = _load_script("export")
+    capsys.readouterr()  # what the library calls above printed (a dependency's first-use warnings)
     with pytest.raises(SystemExit) as e:
         export_cli = script.cli.run_main
         export_cli(script.main, ["--weights_path", exp, "--format", "savedmodel"])

@@ -17,13 +17,10 @@ import sys
 
 
 from kseg.cli import common as cli
+from kseg.errors import BenchmarkError
 
 from kseg.cli.common import REPO
 DEFAULT_PIPELINE_DATA = os.path.join(os.path.dirname(REPO), "shared", "datasets", "dubai-aerial")
-
-
-class BenchmarkError(cli.KsegError):
-    pass
 
 
 def build_parser():
@@ -161,7 +158,7 @@ def main(argv=None):
     peak = conv["gflop_per_s"] if conv else None
     peaks = {"float32": peak}
     if conv and args.precision != "float32":
-        from kseg.training import precision_policy
+        from kseg.hardware import precision_policy
 
         policy = precision_policy(True)
         if policy != "float32":

@@ -168,6 +168,14 @@ def config_from_args(args, cls=None):
     return cls.from_dict(given), set(given)
 
 
+def start_engine(verbose=None):
+    """Import Keras/TensorFlow quietly (see :func:`kseg.hardware.start_engine`); ``--verbose 3``
+    of a command (or ``KSEG_ENGINE_LOG=1``) shows the engine's start-up log."""
+    from kseg.hardware import start_engine as _start
+
+    return _start(show_log=True if verbose is not None and verbose >= 3 else None)
+
+
 def run_main(main, argv=None, prog=None):
     """Run ``main(argv)``; user errors become a one-line message and exit status 2."""
     global _PROG

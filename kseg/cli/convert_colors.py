@@ -32,7 +32,7 @@ from kseg.data.colors import (
     parse_value_map,
     remap_folder,
 )
-from kseg.data.io import atomic_path
+from kseg.files import atomic_path
 from kseg.data.layout import parse_split
 from kseg.data.stats import BINARY_FOREGROUND
 

@@ -16,7 +16,7 @@ import os
 from kseg.cli.common import make_parser, run_main
 from kseg.config import IGNORE_INDEX
 from kseg.data.doctor import check_dataset
-from kseg.data.io import atomic_path
+from kseg.files import atomic_path
 
 
 def build_parser():

@@ -111,6 +111,7 @@ def run_benchmark(args, weights):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     cli.prefer_backend("tensorflow", force=True)
+    cli.start_engine()
     from kseg.export import INPUT_NAME, OUTPUT_NAME, export_model, format_parity
 
     formats = args.format or ([] if args.benchmark else ["onnx"])

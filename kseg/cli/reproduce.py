@@ -29,7 +29,8 @@ import sys
 import time
 
 
-from kseg.cli.common import KsegError, make_parser, run_main
+from kseg.cli.common import make_parser, run_main
+from kseg.errors import ReproduceError
 
 from kseg.cli.common import REPO
 DEFAULT_SOURCE = os.path.join(os.path.dirname(REPO), "shared", "datasets")
@@ -96,8 +97,6 @@ RECIPES = {
 }
 
 
-class ReproduceError(KsegError):
-    pass
 
 
 # --------------------------------------------------------------------------------------

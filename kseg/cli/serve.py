@@ -79,6 +79,7 @@ def _stop(signum, frame):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    cli.start_engine()
     if not 0 <= args.port <= 65535:
         raise KsegError(f"--port {args.port} is not a port number; use 1-65535 (or 0 for any free port)")
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,

@@ -85,7 +85,7 @@ def latest_experiment(root="weights"):
 def _default_dir(cfg, arg, sub, flag):
     if arg:
         return arg
-    dataset = cfg.get("dataset") or ""
+    dataset = cfg.dataset
     if not dataset:
         raise DataError(f"the experiment's config.json names no dataset; pass {flag}")
     return os.path.join(dataset, sub)
@@ -130,6 +130,7 @@ def _bare_model_predictor(args, **kw):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    cli.start_engine()
     from kseg.predict import Predictor, format_timing, predict_folder
 
     opts = dict(mode=args.mode, tile=args.tile, stride=args.stride, flip=args.flip, batch_size=args.batch_size)

@@ -53,6 +53,7 @@ def main(argv=None):
         print(format_recipe_list())
         return 0
     config, explicit = resolve_options(args)
+    cli.start_engine(config.verbose)
     from kseg.training import train
 
     train(config, explicit=explicit)

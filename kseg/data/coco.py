@@ -29,7 +29,8 @@ from PIL import Image
 
 from kseg.config import IGNORE_INDEX
 from kseg.data.io import write_label
-from kseg.data.layout import BACKGROUND_NAME, SPLITS, DatasetWriter, split_items
+from kseg.data.layout import BACKGROUND_NAME, SPLITS, split_items
+from kseg.data.writer import DatasetWriter
 from kseg.data.palette import voc_palette
 from kseg.errors import DataError, unknown_name
 

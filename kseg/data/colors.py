@@ -36,7 +36,9 @@ from kseg.data.color_tables import (  # noqa: F401 (the table API, re-exported f
     parse_color,
 )
 from kseg.data.io import list_files, read_label, write_image, write_label
-from kseg.data.layout import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, DatasetWriter, StagedDir, split_items
+from kseg.data.layout import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, split_items
+from kseg.data.writer import DatasetWriter
+from kseg.files import StagedDir
 from kseg.data.palette import IGNORE_COLOR, colorize
 from kseg.errors import DataError
 

@@ -33,12 +33,12 @@ from kseg.data.layout import (
     IMAGE_EXTENSIONS,
     LABEL_EXTENSIONS,
     SIDECAR_EXTENSIONS,
-    STAGING_PREFIX,
     find_split_dirs,
     read_class_files,
 )
 from kseg.data.stats import LabelCounter, enet_weights, is_binary_255, median_frequency_weights
 from kseg.errors import DataError
+from kseg.files import STAGING_PREFIX
 
 
 class Issue:

@@ -14,9 +14,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from kseg.data.layout import IMAGE_EXTENSIONS, LABEL_EXTENSIONS, atomic_path  # noqa: F401 (re-exported)
+from kseg.data.layout import IMAGE_EXTENSIONS, LABEL_EXTENSIONS  # noqa: F401 (re-exported)
 from kseg.data.palette import color_lut, voc_palette  # noqa: F401 (voc_palette re-exported)
 from kseg.errors import DataError
+from kseg.files import atomic_path
 
 
 def read_image(path):

@@ -28,7 +28,8 @@ from PIL import Image
 
 from kseg.config import IGNORE_INDEX
 from kseg.data.io import write_image, write_label
-from kseg.data.layout import BACKGROUND_NAME, IGNORE_NAME, DatasetWriter, class_names_from_lines, split_items
+from kseg.data.layout import BACKGROUND_NAME, IGNORE_NAME, class_names_from_lines, split_items
+from kseg.data.writer import DatasetWriter
 from kseg.data.palette import overlay, voc_palette
 from kseg.errors import DataError
 

@@ -36,20 +36,18 @@ So ``__ignore__ / _background_ / cat`` is the class list ``["_background_", "cat
 When both files exist, ``dataset.json`` wins and a disagreement is reported.
 """
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import re
-import shutil
-import tempfile
 
 import numpy as np
 
 from kseg.config import IGNORE_INDEX
 from kseg.data.palette import voc_palette
 from kseg.errors import DataError
+from kseg.files import atomic_path
 
 SPLITS = ("train", "val", "test")
 KINDS = ("image", "label", "viz")
@@ -57,7 +55,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
 # Files a tool may leave next to a dataset's images that are not data (manifests, notes).
 SIDECAR_EXTENSIONS = (".json", ".txt", ".csv", ".md")
-STAGING_PREFIX = ".kseg-staging-"
 CLASSES_TXT = "classes.txt"
 DATASET_JSON = "dataset.json"
 IGNORE_NAME = "__ignore__"
@@ -328,7 +325,7 @@ def _meta_ignore_index(meta, path):
 # --------------------------------------------------------------------------------------
 
 
-def _check_class_names(names):
+def check_class_names(names):
     names = [str(n) for n in names]
     for i, n in enumerate(names):
         if "\n" in n or "\r" in n:
@@ -351,7 +348,7 @@ def class_files_payload(names, palette=None, ignore_index=IGNORE_INDEX, extra=No
     is ``dataset.json``'s ``ignore_index``); reading both back with
     :func:`read_class_files` gives ``names`` again.
     """
-    names = _check_class_names(names)
+    names = check_class_names(names)
     pal = voc_palette(max(len(names), 1))[: len(names)].astype(np.int64)
     if palette is not None:
         given = np.asarray(palette, dtype=np.int64).reshape(-1, 3)[: len(names)]
@@ -376,213 +373,3 @@ def write_class_files(folder, names, palette=None, ignore_index=IGNORE_INDEX, ex
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
             f.write("\n")
-
-
-# --------------------------------------------------------------------------------------
-# Safe writing of a dataset folder
-# --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(folder, exist_ok=True)
-    base, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{ext}", dir=folder)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _non_empty_dir(path):
-    return os.path.isdir(path) and any(not f.startswith(".") for f in os.listdir(path))
-
-
-def _replace_dir(src, dst):
-    """Move folder ``src`` onto ``dst``; an existing ``dst`` is removed after the move."""
-    if os.path.lexists(dst):
-        trash = tempfile.mkdtemp(prefix=STAGING_PREFIX + "old-", dir=os.path.dirname(dst))
-        os.replace(dst, os.path.join(trash, "old"))
-        os.replace(src, dst)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(src, dst)
-
-
-class StagedDir:
-    """A folder written in a hidden staging folder and renamed into place on success.
-
-    ``with StagedDir(final) as tmp: ...write into tmp...`` leaves ``final``
-    untouched when the block raises; on success the staged folder replaces
-    ``final`` (the old one is removed only after the new one is complete).
-    Refuses an existing non-empty ``final`` unless ``overwrite``.
-    """
-
-    def __init__(self, final, overwrite=False):
-        self.final = os.path.abspath(final)
-        if not overwrite and _non_empty_dir(self.final):
-            raise DataError(
-                f"output folder {self.final} already exists and is not empty; choose another output "
-                "or pass --overwrite to replace it"
-            )
-        parent = os.path.dirname(self.final)
-        os.makedirs(parent, exist_ok=True)
-        self.path = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent)
-
-    def __enter__(self):
-        return self.path
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
-            return False
-        _replace_dir(self.path, self.final)
-        return False
-
-
-class DatasetWriter:
-    """Write a dataset folder so that a failure never leaves a partial dataset behind.
-
-    Everything is written into a hidden staging folder; :meth:`commit` moves the
-    finished ``<split>_<kind>`` folders and the class files into ``root``. If
-    ``root`` did not exist, the whole staging folder is renamed to ``root`` in one
-    step. Used as a context manager it commits on success and deletes the
-    staging folder on error.
-
-    Args:
-        root: the dataset folder (``data/<name>``).
-        splits: the splits this conversion owns. Their ``_image``, ``_label`` and
-            ``_viz`` folders must not exist (non-empty) unless ``overwrite``; with
-            ``overwrite`` they are all replaced (an owned split that ends up empty
-            is removed, so no stale files from an earlier run remain).
-        overwrite: allow replacing existing split folders and class files.
-    """
-
-    def __init__(self, root, splits=SPLITS, overwrite=False):
-        self.root = os.path.abspath(root)
-        self.splits = tuple(splits)
-        self.overwrite = overwrite
-        self.classes = None
-        self.counts = {}
-        self._committed = False
-        if os.path.exists(self.root) and not os.path.isdir(self.root):
-            raise DataError(f"output {self.root} exists and is not a folder; choose another output")
-        conflicts = [f"{s}_{k}" for s in self.splits for k in KINDS if _non_empty_dir(split_dir(self.root, s, k))]
-        if conflicts and not overwrite:
-            raise DataError(
-                f"output {self.root} already holds {', '.join(conflicts)}; choose another output "
-                "or pass --overwrite to replace them"
-            )
-        self._fresh = not os.path.exists(self.root)
-        parent = os.path.dirname(self.root)
-        os.makedirs(parent, exist_ok=True)
-        if self._fresh:
-            self.stage = tempfile.mkdtemp(prefix=f".{os.path.basename(self.root)}{STAGING_PREFIX}", dir=parent)
-        else:
-            self.stage = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root)
-
-    # -- paths -----------------------------------------------------------------------
-    def folder(self, split, kind):
-        """The staged folder for ``<split>_<kind>`` (created on first use)."""
-        if split not in self.splits:
-            raise ValueError(f"split {split!r} is not one of this writer's splits {self.splits}")
-        d = split_dir(self.stage, split, kind)
-        os.makedirs(d, exist_ok=True)
-        return d
-
-    def path(self, split, kind, filename):
-        """A staged file path ``<split>_<kind>/<filename>``."""
-        self.counts[(split, kind)] = self.counts.get((split, kind), 0) + 1
-        return os.path.join(self.folder(split, kind), filename)
-
-    # -- writing ---------------------------------------------------------------------
-    def copy_image(self, split, src, stem=None):
-        """Copy an image file byte for byte (no re-encoding) under ``stem`` + its extension."""
-        ext = os.path.splitext(src)[1].lower()
-        if ext == ".jpeg":
-            ext = ".jpg"
-        stem = stem or os.path.splitext(os.path.basename(src))[0]
-        dst = self.path(split, "image", stem + ext)
-        shutil.copyfile(src, dst)
-        return dst
-
-    def write_image_bytes(self, split, stem, data, ext):
-        """Write already-encoded image bytes as ``<stem><ext>``."""
-        dst = self.path(split, "image", stem + ext)
-        with open(dst, "wb") as f:
-            f.write(data)
-        return dst
-
-    def label_path(self, split, stem):
-        """The staged label path ``<split>_label/<stem>.png``; write it with
-        :func:`kseg.data.io.write_label` (a palette PNG of class indices)."""
-        return self.path(split, "label", stem + ".png")
-
-    def set_classes(self, names, palette=None, ignore_index=IGNORE_INDEX, extra=None):
-        """Remember the class list written to ``classes.txt`` / ``dataset.json`` on commit."""
-        _check_class_names(names)
-        self.classes = (list(names), palette, ignore_index, extra)
-
-    # -- commit / abort --------------------------------------------------------------
-    def _class_conflict(self):
-        if self.classes is None or self._fresh or self.overwrite:
-            return None
-        existing = read_class_files(self.root).classes
-        if existing is not None and existing != [str(n) for n in self.classes[0]]:
-            return (
-                f"{self.root} already has a class list ({len(existing)} classes) that differs "
-                f"from this conversion's ({len(self.classes[0])}); use the same class list or pass --overwrite"
-            )
-        return None
-
-    def commit(self):
-        """Move the staged folders and class files into ``root``."""
-        if self._committed:
-            return
-        try:
-            conflict = self._class_conflict()
-        except DataError:
-            self.abort()
-            raise
-        if conflict:
-            self.abort()
-            raise DataError(conflict)
-        if self.classes is not None:
-            names, palette, ignore_index, extra = self.classes
-            write_class_files(self.stage, names, palette, ignore_index, extra)
-        if self._fresh:
-            os.replace(self.stage, self.root)
-        else:
-            for s in self.splits:
-                for k in KINDS:
-                    staged, final = split_dir(self.stage, s, k), split_dir(self.root, s, k)
-                    if os.path.isdir(staged):
-                        _replace_dir(staged, final)
-                    elif self.overwrite and os.path.isdir(final):
-                        shutil.rmtree(final)
-            for f in (CLASSES_TXT, DATASET_JSON):
-                staged = os.path.join(self.stage, f)
-                if os.path.exists(staged):
-                    os.replace(staged, os.path.join(self.root, f))
-            shutil.rmtree(self.stage, ignore_errors=True)
-        self._committed = True
-
-    def abort(self):
-        """Delete the staging folder; ``root`` is left as it was."""
-        shutil.rmtree(self.stage, ignore_errors=True)
-        self._committed = True
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            self.abort()
-            return False
-        self.commit()
-        return False

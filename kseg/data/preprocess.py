@@ -10,7 +10,7 @@ ignore (label) canvas.
 import cv2
 import numpy as np
 
-from kseg.config import IGNORE_INDEX
+from kseg.config import ExperimentConfig, IGNORE_INDEX
 from kseg.errors import UnknownNameError
 
 IMAGENET_MEAN_RGB = np.array([123.675, 116.28, 103.53], np.float32)
@@ -57,9 +57,10 @@ def network_input(image, size, image_init="divide", resize_op=1):
 
 def config_input(image, config, size=None):
     """:func:`network_input` with the ``image_init`` / ``resize_op`` (and size) of an experiment config."""
-    size = size or (int(config["input_height"]), int(config["input_width"]))
-    return network_input(image, size, check_image_init(config.get("image_init", "divide")),
-                         check_resize_op(config.get("resize_op", 1)))
+    config = ExperimentConfig.coerce(config)
+    size = size or (config.input_height, config.input_width)
+    return network_input(image, size, check_image_init(config.image_init),
+                         check_resize_op(config.resize_op))
 
 
 def letterbox_params(h, w, out_h, out_w):

@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 
+from kseg.config import ExperimentConfig
+
 from kseg.errors import ExportError
 from kseg.export.core import export_keras_model
 from kseg.export.model import as_float32, load_experiment, require_tensorflow_backend
@@ -48,18 +50,18 @@ def benchmark_runtimes(weights_path=None, *, model=None, config=None, size=None,
         if weights_path is None:
             raise ExportError("benchmark needs --weights_path or --model_name")
         model, _, config = load_experiment(weights_path)
-    config = dict(config or {})
+    config = config.to_dict() if isinstance(config, ExperimentConfig) else dict(config or {})
     model = as_float32(model)
     if size is None:
         _, mh, mw, _ = model.input_shape
         size = (mh or int(config.get("input_height", 256)), mw or int(config.get("input_width", 256)))
-    config.setdefault("input_height", size[0])
-    config.setdefault("input_width", size[1])
+    config.setdefault("model_name", getattr(model, "name", ""))
     config.setdefault("n_classes", model.output_shape[-1])
+    config["input_height"], config["input_width"] = size  # exported and timed at this size
+    config = ExperimentConfig.coerce(config)
     for b in backends:
         if b not in ("keras",) + FORMATS:
             raise ExportError(f"unknown benchmark backend {b!r}; valid: keras, {', '.join(FORMATS)}")
-    cfg_size = {**config, "input_height": size[0], "input_width": size[1]}
     rows = []
     tmpdir = tempfile.mkdtemp(prefix="kseg_bench_", dir=workdir)
     rng = np.random.default_rng(0)
@@ -70,7 +72,7 @@ def benchmark_runtimes(weights_path=None, *, model=None, config=None, size=None,
                 runners[b] = model.predict_on_batch
             else:
                 path, reports[b] = export_keras_model(
-                    model, b, os.path.join(tmpdir, FILENAMES[b]), cfg_size, opset=opset, atol=atol,
+                    model, b, os.path.join(tmpdir, FILENAMES[b]), config, opset=opset, atol=atol,
                     max_mismatch=max_mismatch, images=[rng.random((2, size[0], size[1], 3), np.float32)])
                 runners[b] = make_runner(b, path, threads=threads)
         for bs in batch_sizes:

@@ -8,6 +8,7 @@ check never leaves a file where a deployed model is expected.
 
 import os
 
+from kseg.config import ExperimentConfig
 from kseg.errors import ExportError
 from kseg.export.model import (as_float32, input_shape_for_export, load_experiment, model_divisor,
                                require_tensorflow_backend)
@@ -51,13 +52,14 @@ def export_keras_model(model, fmt, output, config, *, opset=DEFAULT_OPSET, dynam
     ``images``: float32 network inputs for the parity check (default: :func:`sample_images`).
     Nothing is written under ``output`` unless the check passes.
     """
+    config = ExperimentConfig.coerce(config, model_name=model.name, n_classes=int(model.output_shape[-1]))
     require_tensorflow_backend()
     _check_options(fmt, fp16, int8)
     if int8 and calibration is None:
         raise ExportError("--int8 needs --calibration_dir (a folder of training images)")
     model = as_float32(model)
     shape = input_shape_for_export(model, config, dynamic_batch, dynamic_size)
-    size = (shape[1] or int(config["input_height"]), shape[2] or int(config["input_width"]))
+    size = (shape[1] or config.input_height, shape[2] or config.input_width)
     if images is None:
         images = [sample_images(config, size, n=4)]
         if dynamic_size:  # also check another size, so "size-free" is tested, not assumed
@@ -97,13 +99,13 @@ def export_keras_model(model, fmt, output, config, *, opset=DEFAULT_OPSET, dynam
 
 def _metadata(config, shape, precision):
     return {
-        "kseg_model": config.get("model_name", ""),
+        "kseg_model": config.model_name,
         "input": f"{INPUT_NAME}: float32 NHWC {list(shape)}",
-        "output": f"{OUTPUT_NAME}: float32 NHWC (batch, height, width, {config.get('n_classes')})",
-        "image_init": config.get("image_init", "divide"),
-        "resize_op": int(config.get("resize_op", 1)),
-        "n_classes": int(config.get("n_classes", 0)),
-        "class_names": config.get("class_names", []),
+        "output": f"{OUTPUT_NAME}: float32 NHWC (batch, height, width, {config.n_classes})",
+        "image_init": config.image_init,
+        "resize_op": config.resize_op,
+        "n_classes": config.n_classes,
+        "class_names": config.class_names,
         "precision": precision,
     }
 

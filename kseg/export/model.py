@@ -1,5 +1,6 @@
 """The Keras model to export: loading, the TensorFlow-backend requirement, float32, the input shape."""
 
+from kseg.config import ExperimentConfig
 from kseg.errors import ExportError
 
 
@@ -54,6 +55,7 @@ def as_float32(model):
 
 def input_shape_for_export(model, config, dynamic_batch=True, dynamic_size=False):
     """The ``(batch, height, width, channels)`` of the exported input (``None`` = dynamic)."""
+    config = ExperimentConfig.coerce(config)
     _, mh, mw, ch = model.input_shape
     if dynamic_size:
         if mh is not None or mw is not None:
@@ -63,17 +65,18 @@ def input_shape_for_export(model, config, dynamic_batch=True, dynamic_size=False
             )
         h = w = None
     else:
-        h = mh if mh is not None else int(config["input_height"])
-        w = mw if mw is not None else int(config["input_width"])
+        h = mh if mh is not None else config.input_height
+        w = mw if mw is not None else config.input_width
     return (None if dynamic_batch else 1, h, w, ch or 3)
 
 
 def model_divisor(config):
     """The registry's size divisor of the config's model (32 when unknown)."""
+    config = ExperimentConfig.coerce(config)
     try:
         from kseg.models import model_spec
 
-        return max(1, model_spec(config["model_name"]).divisor)
+        return max(1, model_spec(config.model_name).divisor)
     except Exception:
         return 32
 

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from kseg.config import ExperimentConfig
 from kseg.errors import ExportError, KsegError
 from kseg.export.model import uses_argmax_unpooling
 from kseg.data.preprocess import config_input
@@ -48,9 +49,10 @@ def tolerances(model, precision, atol, max_mismatch):
 
 def calibration_images(image_dir, config, size=None, limit=100):
     """Up to ``limit`` images of ``image_dir`` as the predictor feeds them (normalise + resize/letterbox)."""
+    config = ExperimentConfig.coerce(config)
     from kseg.data.io import IMAGE_EXTENSIONS, list_files, read_image
 
-    size = size or (int(config["input_height"]), int(config["input_width"]))
+    size = size or (config.input_height, config.input_width)
     if not os.path.isdir(image_dir):
         raise ExportError(f"--calibration_dir {image_dir} does not exist; pass a folder of training images")
     files = list_files(image_dir, IMAGE_EXTENSIONS)[: int(limit)]
@@ -60,7 +62,7 @@ def calibration_images(image_dir, config, size=None, limit=100):
 
 
 def _dataset_dirs(config):
-    root = config.get("dataset") or ""
+    root = config.dataset or ""
     return [os.path.join(root, f"{s}_image") for s in ("test", "val", "train")] if root else []
 
 
@@ -71,6 +73,7 @@ def sample_images(config, size, n=4, image_dirs=None, seed=0):
     test/val/train images, preprocessed like the predictor does); when there are
     not enough, deterministic random images fill up the batch.
     """
+    config = ExperimentConfig.coerce(config)
     from kseg.data.io import IMAGE_EXTENSIONS, list_files, read_image
 
     out = []

@@ -47,8 +47,7 @@ from collections import OrderedDict
 import numpy as np
 from PIL import Image, ImageOps
 
-from kseg.errors import UploadError  # noqa: F401 (defined in kseg.errors)
-from kseg.errors import KsegError
+from kseg.errors import KsegError, UploadError
 
 try:
     import flask
@@ -231,7 +230,7 @@ class DemoState:
 
     def __init__(self, predictor, *, max_upload_mb, max_pixels, max_side, slide_above, store,
                  busy_timeout):
-        from kseg.data.palette import voc_palette
+        from kseg.data.palette import palette_for
         from kseg.predict import Predictor
 
         self.predictor = predictor
@@ -242,16 +241,11 @@ class DemoState:
                                              divisor=predictor.divisor)
         cfg = predictor.config
         self.config = cfg
-        self.model_name = str(cfg.get("model_name", "model"))
+        self.model_name = cfg.model_name or "model"
         folder = getattr(predictor, "folder", None)
         self.experiment = os.path.basename(os.path.normpath(folder)) if folder else None
-        n = max(int(cfg["n_classes"]), 2)
-        names = [str(x) for x in (cfg.get("class_names") or [])][:n]
-        self.class_names = names + [f"class {i}" for i in range(len(names), n)]
-        pal = np.asarray(voc_palette(max(n, 256)))
-        given = np.asarray(cfg.get("palette") or [], dtype=np.int64).reshape(-1, 3)[:n]
-        pal[: len(given)] = np.clip(given, 0, 255)
-        self.palette = pal[:n].astype(np.uint8)
+        self.class_names = cfg.names()
+        self.palette = palette_for(cfg.n_classes, cfg.palette).astype(np.uint8)
         self.max_upload_mb = max_upload_mb
         self.max_pixels = int(max_pixels)
         self.max_side = int(max_side)

@@ -11,7 +11,9 @@ from PIL import Image
 
 from kseg.data.doctor import check_dataset
 from kseg.data.io import write_label
-from kseg.data.layout import DatasetWriter, StagedDir, parse_split, split_counts, split_items
+from kseg.data.layout import parse_split, split_counts, split_items
+from kseg.data.writer import DatasetWriter
+from kseg.files import StagedDir
 from kseg.data.stats import class_stats, class_weights, median_frequency_weights
 from kseg.errors import DataError
 
