@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from conftest import REPO, run_command
@@ -114,3 +115,18 @@ def test_config_json_repeats_the_run(tmp_path, tiny_dataset, capsys):
     for k in ("schedule", "learning_rate", "weight_decay", "train_batch_size", "model_option", "epochs",
               "input_height", "optimizer_name"):
         assert again["train"][k] == first["train"][k], k
+
+
+def test_kseg_train_from_python(tmp_path, tiny_dataset):
+    """The notebook path: kseg.train(kseg.TrainConfig(...)) returns the experiment folder."""
+    import kseg
+
+    cfg = kseg.TrainConfig(model_name="unet", model_option={"base_filters": 4, "depth": 2}, input_height=32,
+                           input_width=32, data_dir=os.path.dirname(tiny_dataset),
+                           dataset_name=os.path.basename(tiny_dataset), train_save_path=str(tmp_path / "w"),
+                           epochs=1, train_batch_size=4, schedule="cosine", verbose=0, mixed_precision=False)
+    folder = kseg.train(cfg)
+    exp = kseg.ExperimentConfig.from_json(os.path.join(folder, "config.json"))
+    assert exp.train_config().schedule == "cosine" and exp.run["epochs_done"] == 1
+    mask = kseg.Predictor.from_experiment(folder).predict(np.zeros((40, 30, 3), "uint8"))
+    assert mask.shape == (40, 30)
