@@ -13,14 +13,22 @@ from kseg.files import atomic_path
 
 class ExperimentCheckpoint(keras.callbacks.Callback):
     """Saves ``last.keras`` every epoch and ``best.keras`` when the monitored
-    metric improves, both atomically, and records the epoch for ``--resume``."""
+    metric improves, both atomically, and records the epoch for ``--resume``.
 
-    def __init__(self, folder, monitor, best=None, verbose=True):
+    With a ``stage`` (:class:`kseg.experiment.ExperimentStage`) the first checkpoint is
+    written in the staging folder, which then moves into place; ``movers`` (callbacks
+    with a ``move_to(folder)`` method) close their files first and write to the final
+    folder afterwards.
+    """
+
+    def __init__(self, folder, monitor, best=None, verbose=True, stage=None, movers=()):
         super().__init__()
         self.folder = folder
         self.monitor = monitor
         self.best = best
         self.verbose = verbose
+        self.stage = stage
+        self.movers = list(movers)
 
     def _save(self, name):
         with atomic_path(os.path.join(self.folder, name)) as tmp:
@@ -39,8 +47,27 @@ class ExperimentCheckpoint(keras.callbacks.Callback):
             {"epoch": epoch + 1, "monitor": self.monitor, "best": self.best,
              "updated": datetime.datetime.now().isoformat(timespec="seconds")},
         )
+        if self.stage is not None and not self.stage.promoted:
+            for m in self.movers:
+                m.move_to(self.stage.final)
+            self.folder = self.stage.promote()
         if improved and self.verbose:
             print(f"\nepoch {epoch + 1}: {self.monitor} improved to {value:.4f}, saved {X.BEST}", flush=True)
+
+
+class ExperimentTensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback writing to ``<experiment>/logs``, able to follow the
+    experiment when its staging folder moves into place (:meth:`move_to`)."""
+
+    def __init__(self, folder, **kwargs):
+        super().__init__(os.path.join(folder, X.LOGS), **kwargs)
+
+    def move_to(self, folder):
+        self._close_writers()  # flushed and closed before their folder moves; reopened lazily
+        self._writers = {}
+        self.log_dir = self._log_write_dir = os.path.join(folder, X.LOGS)
+        self._train_dir = os.path.join(self._log_write_dir, "train")
+        self._val_dir = os.path.join(self._log_write_dir, "validation")
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -82,9 +109,10 @@ class ValidationPanels(keras.callbacks.Callback):
     ``tf.summary``); a no-op elsewhere.
     """
 
-    def __init__(self, val_ds, logdir, palette, every=5, n=4, ignore_index=None):
+    def __init__(self, val_ds, folder, palette, every=5, n=4, ignore_index=None):
         super().__init__()
-        self.val_ds, self.logdir, self.every, self.n = val_ds, logdir, int(every), int(n)
+        self.val_ds, self.every, self.n = val_ds, int(every), int(n)
+        self.logdir = os.path.join(folder, X.LOGS, "validation_panels")
         self.palette = np.asarray(palette, dtype="uint8")
         self.ignore_index = ignore_index
         self._batch = None
@@ -122,7 +150,13 @@ class ValidationPanels(keras.callbacks.Callback):
         x, y = self._first_batch()
         prob = np.asarray(keras.ops.convert_to_numpy(self.model(x, training=False)), dtype="float32")
         if self._writer is None:
-            self._writer = tf.summary.create_file_writer(os.path.join(self.logdir, "validation_panels"))
+            self._writer = tf.summary.create_file_writer(self.logdir)
         with self._writer.as_default():
             tf.summary.image("input | ground truth | prediction", self.panel(x, y, prob)[None], step=epoch)
         self._writer.flush()
+
+    def move_to(self, folder):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self.logdir = os.path.join(folder, X.LOGS, "validation_panels")

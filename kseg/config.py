@@ -233,7 +233,7 @@ class TrainConfig:
     validate: bool = _field(True, "evaluate on the val split (or test split when there is no val) every epoch",
                             flag="bool")
     augment: bool = _field(None, "online augmentation: random scale 0.75-1.25, h-flip, crop/pad (default: on, "
-                                 "unless the dataset's dataset.json says \"augment\": false)", flag="bool")
+                                 "unless the dataset's dataset.json suggests \"augment\": false)", flag="bool")
     train_crops: int = _field(0, "0: resize every image to the input size (default). N > 0: keep images at their "
                                  "native resolution and train on N random input-size crops per image per epoch "
                                  "(validation: one centre crop); for large images predicted with test.py "

@@ -2,13 +2,22 @@
 
 ``config.json`` holds an :class:`kseg.config.ExperimentConfig`; :func:`read_config`
 and :func:`write_config` are its only reader and writer.
+
+A new experiment is transactional (:class:`ExperimentStage`): it is written in a hidden
+folder beside its final place and moved there at its first checkpoint, replacing an
+older experiment of the same name (``--overwrite``) only then. A run that dies earlier
+leaves the old experiment as it was; its hidden folder is removed by the next run.
 """
 
 import json
 import os
+import shutil
+import socket
+import tempfile
+import time
 
 from kseg.config import ExperimentConfig
-from kseg.files import atomic_path
+from kseg.files import STAGING_PREFIX, atomic_path, is_partial_write, replace_dir
 from kseg.errors import ConfigError, ExperimentError
 
 CONFIG = "config.json"
@@ -50,9 +59,11 @@ def write_config(folder, config):
     write_json(os.path.join(folder, CONFIG), config.to_dict())
 
 
-def load_model_file(path, compile=True):
+def load_model_file(path, compile=True, config=None):
     """``keras.saving.load_model`` with kseg's custom objects registered and one-line errors:
-    a missing file is "does not exist", an unreadable one is "corrupt"."""
+    a missing file is "does not exist", an unreadable one is "corrupt". With ``config``
+    (the experiment's :class:`ExperimentConfig`) the model must match it
+    (:func:`check_model_matches`)."""
     import keras
 
     import kseg.losses  # noqa: F401 (registers kseg's losses and metrics for deserialisation)
@@ -62,11 +73,134 @@ def load_model_file(path, compile=True):
     if not os.path.isfile(path):
         raise ExperimentError(f"{path} does not exist")
     try:
-        return keras.saving.load_model(path, compile=compile)
+        model = keras.saving.load_model(path, compile=compile)
     except Exception as e:  # zip/h5 errors, truncated files, foreign formats
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ExperimentError(f"{path} is corrupt or not a Keras model file ({first}); retrain, or resume "
                               "from the other checkpoint (best.keras / last.keras)") from None
+    if config is not None:
+        check_model_matches(model, config, path)
+    return model
+
+
+def check_model_matches(model, config, path):
+    """Refuse (one line) a model whose classes, input channels or fixed input size differ
+    from its ``config.json``: predicting or resuming with a model the config does not
+    describe gives wrong answers without an error."""
+    config = ExperimentConfig.coerce(config)
+    diffs = []
+    out = tuple(model.output_shape)
+    if out[-1] != config.n_classes:
+        diffs.append(f"{out[-1]} output channels, the config says n_classes {config.n_classes}")
+    channels = getattr(config, "channels", None) or 3
+    shape = tuple(model.input_shape)
+    if shape[-1] is not None and shape[-1] != channels:
+        diffs.append(f"{shape[-1]} input channels, the config says {channels}")
+    if None not in shape[1:3] and tuple(shape[1:3]) != (config.input_height, config.input_width):
+        diffs.append(f"input {shape[1]}x{shape[2]}, the config says {config.input_height}x{config.input_width}")
+    if diffs:
+        raise ExperimentError(f"{path} does not match its config.json: the model has {'; '.join(diffs)}. The folder "
+                              "mixes two experiments; retrain it or restore its config.json")
+
+
+#: Files an experiment folder may hold besides the model files (what --overwrite replaces).
+STAGE_OWNER = ".kseg-owner.json"
+#: Seconds after which a replaced folder whose removal was interrupted is swept.
+STALE_TRASH_S = 600
+
+
+class ExperimentStage:
+    """A new experiment written in a hidden folder next to ``final`` until its first checkpoint.
+
+    ``path`` is where to write; :meth:`promote` moves the folder onto ``final``
+    (replacing an older experiment there) and :meth:`discard` removes it when the run
+    fails first, together with the parent folders it had to create.
+    """
+
+    def __init__(self, final):
+        self.final = os.path.abspath(final)
+        parent = os.path.dirname(self.final)
+        self._created = []
+        p = parent
+        while not os.path.isdir(p):
+            self._created.append(p)
+            p = os.path.dirname(p)
+        os.makedirs(parent, exist_ok=True)
+        sweep_stale_stages(parent)
+        self.path = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.path.basename(self.final)}-", dir=parent)
+        write_json(os.path.join(self.path, STAGE_OWNER), {"pid": os.getpid(), "host": socket.gethostname()})
+        self.promoted = False
+
+    def promote(self):
+        """Move the staged experiment into place (the old one, if any, goes only now)."""
+        if self.promoted:
+            return self.final
+        os.remove(os.path.join(self.path, STAGE_OWNER))
+        replace_dir(self.path, self.final)
+        self.path, self.promoted = self.final, True
+        return self.final
+
+    def discard(self):
+        """Remove the staged folder of a run that ended before its first checkpoint."""
+        if self.promoted:
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        for p in self._created:  # deepest first
+            try:
+                os.rmdir(p)
+            except OSError:
+                break
+
+
+def _alive(pid):
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True  # someone else's process, or not a pid we can judge: keep its folder
+    return True
+
+
+def sweep_stale_stages(parent):
+    """Remove what killed runs left in ``parent``: staged experiments whose process is gone
+    (on this host) and replaced folders whose removal was interrupted."""
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(STAGING_PREFIX)]
+    except OSError:
+        return
+    host = socket.gethostname()
+    for name in names:
+        path = os.path.join(parent, name)
+        owner = os.path.join(path, STAGE_OWNER)
+        try:
+            if os.path.isfile(owner):
+                who = read_json(owner)
+                stale = who.get("host") == host and not _alive(who.get("pid"))
+            else:  # a replaced folder (replace_dir) or a stage killed before its owner file
+                stale = time.time() - os.path.getmtime(path) > STALE_TRASH_S
+        except (OSError, ExperimentError, AttributeError):
+            continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_partial_writes(folder):
+    """Delete the temporary files of writes a killed run left in ``folder`` (not below it)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    gone = []
+    for name in names:
+        path = os.path.join(folder, name)
+        if is_partial_write(name) and os.path.isfile(path):
+            try:
+                os.remove(path)
+                gone.append(name)
+            except OSError:
+                pass
+    return gone
 
 
 def is_experiment(folder):

@@ -9,6 +9,7 @@ nothing else from kseg.
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 
@@ -79,4 +80,12 @@ class StagedDir:
         replace_dir(self.path, self.final)
         return False
 
+
+#: What :func:`atomic_path` names its temporary files: ``.<stem>.<8 random chars>.tmp<ext>``.
+_PARTIAL_WRITE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[^.]+)?$")
+
+
+def is_partial_write(name):
+    """True for the name of a temporary file :func:`atomic_path` left behind (a killed write)."""
+    return bool(_PARTIAL_WRITE.match(name))
 

@@ -222,7 +222,7 @@ class Predictor:
 
         folder, keras_file, config = resolve_weights(weights_path)
         if backend == "keras":
-            run = keras_runner(model_file or keras_file)
+            run = keras_runner(model_file or keras_file, config=config)
         else:
             run = runtime_runner(backend, folder, model_file, config)
         p = cls(run, config, **kwargs)

@@ -92,18 +92,50 @@ def _in_chunks(fn, batch, fixed_batch):
 # Keras
 
 
-def keras_runner(model_file=None, model=None):
-    """A run function for a saved ``.keras`` model (loaded without its optimizer), or for
-    a Keras ``model`` already in memory.
+def as_float32(model):
+    """The model itself, or a float32 copy when it was trained with mixed precision.
 
-    The model runs through ``predict_on_batch`` (the backend's compiled predict
-    step). The returned function has attributes ``model`` and ``input_size``
-    (``(h, w)`` when the model was built for one size, else ``None``).
+    Prediction and export both compute in float32, so every backend gives the same
+    masks (a ``mixed_bfloat16`` model predicts in float32 like its ONNX export); the
+    variables of a mixed-precision model are float32 already, so the copy has the same
+    weights.
+    """
+    if all(getattr(layer, "compute_dtype", "float32") == "float32" for layer in model.layers):
+        return model
+
+    def fix(obj):
+        if isinstance(obj, dict):
+            if obj.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(obj.get("config"), dict):
+                return {**obj, "config": {**obj["config"], "name": "float32"}}
+            return {k: fix(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [fix(v) for v in obj]
+        if isinstance(obj, str) and obj.startswith("mixed_"):
+            return "float32"
+        return obj
+
+    clone = model.__class__.from_config(fix(model.get_config()))
+    clone.set_weights(model.get_weights())
+    if not all(getattr(layer, "compute_dtype", "float32") == "float32" for layer in clone.layers):
+        raise ExportError(f"model {model.name} could not be converted to float32")
+    return clone
+
+
+
+
+def keras_runner(model_file=None, model=None, config=None):
+    """A run function for a saved ``.keras`` model (loaded without its optimizer, checked
+    against ``config`` when given), or for a Keras ``model`` already in memory.
+
+    The model runs in float32 (:func:`as_float32`) through ``predict_on_batch`` (the
+    backend's compiled predict step). The returned function has attributes ``model``
+    and ``input_size`` (``(h, w)`` when the model was built for one size, else ``None``).
     """
     if model is None:
         from kseg.experiment import load_model_file
 
-        model = load_model_file(model_file, compile=False)
+        model = load_model_file(model_file, compile=False, config=config)
+    model = as_float32(model)
 
     def run(batch):
         return np.asarray(model.predict_on_batch(batch))

@@ -26,7 +26,13 @@ import keras
 
 from kseg import __version__
 from kseg import experiment as X
-from kseg.callbacks import EpochTimer, ExperimentCheckpoint, LearningRateLogger, ValidationPanels
+from kseg.callbacks import (
+    EpochTimer,
+    ExperimentCheckpoint,
+    ExperimentTensorBoard,
+    LearningRateLogger,
+    ValidationPanels,
+)
 from kseg.config import (
     DEFAULT_EPOCHS,
     DEFAULT_INPUT_SIZE,
@@ -128,6 +134,7 @@ class Plan:
     best: float = None
     jit: bool = False
     policy: str = "float32"
+    stage: object = None  # the ExperimentStage of a new run until its first checkpoint
 
 
 def _experiment_dir(cfg):
@@ -185,6 +192,24 @@ def _restore_recipe(cfg, folder, explicit):
                          train_save_path=os.path.dirname(os.path.normpath(folder)) or ".")
 
 
+#: Options that together say how long to train: one given keeps the dataset's others out.
+BUDGET = ("epochs", "iterations")
+
+
+def apply_dataset_defaults(cfg, suggested, explicit):
+    """``cfg`` with the dataset's suggested options (dataset.json "train") where none was given.
+
+    Given options (recipe, file, flags) win; a resumed run keeps its recorded recipe
+    and takes a suggestion only for an option it never resolved (``None``).
+    """
+    given = set(explicit)
+    if given & set(BUDGET):
+        given |= set(BUDGET)
+    take = {k: v for k, v in suggested.items()
+            if k not in given and (not cfg.resume or getattr(cfg, k) is None)}
+    return cfg.replace(**take) if take else cfg
+
+
 def prepare(config, explicit=None):
     """Step 1: resolve folder, dataset, classes and sizes; check every name and option.
 
@@ -228,6 +253,7 @@ def prepare(config, explicit=None):
     if cfg.dataset_name == SAMPLE_NAME and not os.path.exists(root):
         ensure_sample_dataset(root)
     info = load_dataset_info(root)
+    cfg = apply_dataset_defaults(cfg, info.train, explicit)
     n_classes = cfg.n_classes or (len(info.classes) if info.classes else None)
     if n_classes is None:
         raise DataError(
@@ -247,7 +273,7 @@ def prepare(config, explicit=None):
     get_loss(cfg.loss, n_classes=n_classes, ignore_index=ignore_index,
              **({"class_weights": [1.0] * label_values(n_classes)} if isinstance(cw, str) else
                 ({"class_weights": cw} if cw else {})))
-    epochs = cfg.epochs or info.epochs or DEFAULT_EPOCHS
+    epochs = cfg.epochs or DEFAULT_EPOCHS
     return Plan(config=cfg, folder=folder, resume=bool(cfg.resume), init_weights=init_weights, root=root,
                 info=info, n_classes=n_classes, ignore_index=ignore_index, input_size=(h, w),
                 class_names=class_names, epochs=epochs, class_weights=cw, recipe_changes=tuple(changes))
@@ -279,7 +305,7 @@ def make_data(plan):
         print(f"class weights ({how}):", ", ".join(f"{v:.3f}" for v in class_weights))
 
     train_kw = dict(training=True, image_init=cfg.image_init, resize_op=cfg.resize_op,
-                    ignore_index=ignore_index, augment=(cfg.augment if cfg.augment is not None else info.augment),
+                    ignore_index=ignore_index, augment=cfg.augment is not False,
                     python_label_decoder=scan.needs_python_decoder, cache=cfg.cache, seed=cfg.seed,
                     crops=cfg.train_crops)
     val_kw = dict(training=False, image_init=cfg.image_init, resize_op=cfg.resize_op,
@@ -377,7 +403,7 @@ def make_model(plan, model=None):
         if plan.resume:
             state = X.read_json(os.path.join(plan.folder, X.STATE))
             plan.initial_epoch, plan.best = int(state["epoch"]), state.get("best")
-            model = X.load_model_file(os.path.join(plan.folder, X.LAST))
+            model = X.load_model_file(os.path.join(plan.folder, X.LAST), config=X.read_config(plan.folder))
             print(f"resuming {plan.folder} from epoch {plan.initial_epoch}")
             if set(plan.recipe_changes) & set(RECOMPILE_ON_CHANGE):
                 # --allow_recipe_change of the optimisation: a new optimizer (its moments start
@@ -404,7 +430,7 @@ def experiment_config(plan, model):
     cfg, dist, (h, w) = plan.config, plan.dist, plan.input_size
     k = label_values(plan.n_classes)
     resolved = cfg.replace(n_classes=plan.n_classes, input_height=h, input_width=w,
-                           epochs=None if cfg.iterations else plan.epochs,
+                           epochs=None if cfg.iterations else plan.epochs, augment=cfg.augment is not False,
                            ignore_index=plan.ignore_index, resume=False, overwrite=False,
                            exp_name=os.path.basename(os.path.normpath(plan.folder)))
     return ExperimentConfig(
@@ -436,18 +462,20 @@ def make_callbacks(plan):
     history = os.path.join(plan.write_dir, X.HISTORY)
     if plan.resume:
         _truncate_history(history, plan.initial_epoch)
+    board = ExperimentTensorBoard(plan.write_dir, update_freq="epoch")
+    movers = [board]
+    if plan.val_ds is not None and plan.dist.is_chief and plan.dist.kind == "single":
+        k = label_values(plan.n_classes)
+        movers.append(ValidationPanels(plan.val_ds, plan.write_dir, palette_for(k, plan.info.palette),
+                                       every=PANEL_EVERY, ignore_index=plan.ignore_index))
     callbacks += [
         # the history row is written before the checkpoint: a run killed in between redoes
         # that epoch on resume, and the row it left is dropped (_truncate_history)
         keras.callbacks.CSVLogger(history, append=plan.resume),
-        ExperimentCheckpoint(plan.write_dir, monitor, plan.best, verbose=plan.dist.is_chief),
-        keras.callbacks.TensorBoard(os.path.join(plan.write_dir, X.LOGS), update_freq="epoch"),
+        ExperimentCheckpoint(plan.write_dir, monitor, plan.best, verbose=plan.dist.is_chief,
+                             stage=plan.stage, movers=movers),
+        *movers,
     ]
-    if plan.val_ds is not None and plan.dist.is_chief and plan.dist.kind == "single":
-        k = label_values(plan.n_classes)
-        callbacks.append(ValidationPanels(plan.val_ds, os.path.join(plan.write_dir, X.LOGS),
-                                          palette_for(k, plan.info.palette), every=PANEL_EVERY,
-                                          ignore_index=plan.ignore_index))
     return callbacks, monitor, backup
 
 
@@ -578,15 +606,36 @@ def train(config=None, *, explicit=None, **overrides):
         plan.policy = _set_precision(plan.config)
         model = build_model(plan)
         make_data(plan)
-        plan.write_dir = write_folder(plan.folder, dist)
-        os.makedirs(plan.write_dir, exist_ok=True)
-        model = make_model(plan, model)
-        if not plan.resume:
-            X.write_config(plan.write_dir, experiment_config(plan, model))
-        callbacks, monitor, backup = make_callbacks(plan)
-        return fit(plan, model, callbacks, monitor, backup)
+        open_write_folder(plan)
+        try:
+            model = make_model(plan, model)
+            if not plan.resume:
+                X.write_config(plan.write_dir, experiment_config(plan, model))
+            callbacks, monitor, backup = make_callbacks(plan)
+            return fit(plan, model, callbacks, monitor, backup)
+        finally:
+            if plan.stage is not None:
+                plan.stage.discard()  # a run that ended before its first checkpoint leaves nothing
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def open_write_folder(plan):
+    """Where this process writes: a new run's staging folder (moved into place at the first
+    checkpoint), the experiment itself when resuming, a worker's scratch folder otherwise."""
+    dist = plan.dist
+    if dist.is_chief and not plan.resume and dist.kind != "multi_worker":
+        # multi-worker runs keep BackupAndRestore's files in the folder itself: written in place
+        plan.stage = X.ExperimentStage(plan.folder)
+        plan.write_dir = plan.stage.path
+        return
+    plan.write_dir = write_folder(plan.folder, dist)
+    os.makedirs(plan.write_dir, exist_ok=True)
+    if plan.resume:
+        X.sweep_stale_stages(os.path.dirname(os.path.abspath(plan.folder)))
+        gone = X.remove_partial_writes(plan.folder)
+        if gone:
+            print(f"removed what a killed write left in {plan.folder}: {', '.join(sorted(gone))}")
 
 
 def _remove_empty_dirs(path, stop):

@@ -19,7 +19,7 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 RUN = ["--model_name", "unet", "--model_option", "base_filters=4", "--model_option", "depth=2",
        "--input_height", "32", "--input_width", "32", "--train_batch_size", "4", "--val_batch_size", "4",
        "--epochs", "3", "--schedule", "poly", "--learning_rate", "0.01", "--optimizer_name", "sgd",
-       "--weight_decay", "1e-4", "--no-mixed_precision", "--verbose", "2"]
+       "--weight_decay", "1e-4", "--warmup_epochs", "0", "--no-mixed_precision", "--verbose", "2"]
 
 
 def _args(tmp_path, dataset, name, *extra):
@@ -130,3 +130,68 @@ def test_kseg_train_from_python(tmp_path, tiny_dataset):
     assert exp.train_config().schedule == "cosine" and exp.run["epochs_done"] == 1
     mask = kseg.Predictor.from_experiment(folder).predict(np.zeros((40, 30, 3), "uint8"))
     assert mask.shape == (40, 30)
+
+
+def _dataset_with(tmp_path, tiny_dataset, train):
+    """A copy of the tiny dataset's folder whose dataset.json suggests ``train``."""
+    import shutil
+
+    root = tmp_path / "data" / "suggesting"
+    shutil.copytree(tiny_dataset, root)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta.pop("epochs", None)
+    meta["train"] = train
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_dataset_suggestions_are_the_lowest_priority(tmp_path, tiny_dataset):
+    from kseg.config import TrainConfig
+    from kseg.training import prepare
+
+    root = _dataset_with(tmp_path, tiny_dataset, {"schedule": "poly", "power": 2.0, "epochs": 7, "augment": False})
+    base = dict(data_dir=str(root.parent), dataset_name=root.name, train_save_path=str(tmp_path / "w"))
+    plan = prepare(TrainConfig(**base))
+    assert (plan.config.schedule, plan.config.power, plan.epochs, plan.config.augment) == ("poly", 2.0, 7, False)
+    # a given option wins; a given budget (iterations) keeps the suggested epochs out
+    plan = prepare(TrainConfig(**base, schedule="cosine", iterations=30))
+    assert (plan.config.schedule, plan.config.power, plan.config.epochs) == ("cosine", 2.0, None)
+    # given explicitly with the default's value: still the user's choice
+    plan = prepare(TrainConfig(**base), explicit={"schedule"})
+    assert plan.config.schedule == "constant"
+
+
+@pytest.mark.parametrize("train, words", [
+    ({"schedule": "sawtooth"}, ["dataset.json", "schedule", "sawtooth"]),
+    ({"not_an_option": 1}, ["dataset.json", "not_an_option"]),
+    ({"data_dir": "elsewhere"}, ["dataset.json", "cannot set data_dir"]),
+    ("cosine", ["dataset.json", "must be an object"]),
+])
+def test_a_bad_dataset_suggestion_is_one_line_naming_the_file(tmp_path, tiny_dataset, capsys, train, words):
+    root = _dataset_with(tmp_path, tiny_dataset, train)
+    code, out, err = run_command("train", ["--data_dir", str(root.parent), "--dataset_name", root.name,
+                                           "--train_save_path", str(tmp_path / "w")], capsys)
+    assert code != 0 and len(err.strip().splitlines()) == 1, err
+    assert all(w in err for w in words), err
+    assert not (tmp_path / "w").exists()
+
+
+def test_the_sample_dataset_json_follows_this_kseg_without_regenerating(tmp_path):
+    from kseg.data.sample import SAMPLE_TRAIN, ensure_sample_dataset, generate_sample_dataset
+
+    root = str(tmp_path / "shapes")
+    generate_sample_dataset(root, splits={"train": 2, "val": 1, "test": 1})
+    image = os.path.join(root, "train_image", "train_0000.png")
+    before = os.stat(image).st_mtime_ns
+    meta_path = os.path.join(root, "dataset.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    meta.pop("train")
+    meta.update(epochs=3, augment=True)  # what an older kseg wrote
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    ensure_sample_dataset(root, verbose=False)
+    with open(meta_path) as f:
+        meta = json.load(f)
+    assert meta["train"] == SAMPLE_TRAIN and "epochs" not in meta
+    assert os.stat(image).st_mtime_ns == before

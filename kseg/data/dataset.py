@@ -1,9 +1,10 @@
 """Dataset folders for training: metadata, pairs, and a validating scan.
 
-A dataset is ``<data_dir>/<name>/{train,val,test}_{image,label}/`` (DESIGN.md 4),
-optionally with ``dataset.json`` (classes, palette, ignore_index, input_size)
-and/or ``classes.txt`` (one class name per line); both are read by
-:func:`kseg.data.layout.read_class_files`, the one reader of the folder contract.
+A dataset is ``<data_dir>/<name>/{train,val,test}_{image,label}/`` (docs/architecture.md),
+optionally with ``dataset.json`` (classes, palette, ignore_index, input_size, and
+``train``: the dataset's suggested training options) and/or ``classes.txt`` (one
+class name per line); both are read by :func:`kseg.data.layout.read_class_files`,
+the one reader of the folder contract.
 """
 
 import dataclasses
@@ -12,12 +13,16 @@ import os
 import numpy as np
 from PIL import Image
 
-from kseg.config import IGNORE_INDEX, label_values
+from kseg.config import IGNORE_INDEX, TrainConfig, label_values
 from kseg.data.io import pair_by_stem, read_label  # noqa: F401 (pair_by_stem re-exported)
 from kseg.data.layout import read_class_files, split_dir
 from kseg.data.palette import palette_for  # noqa: F401 (re-exported for training)
 from kseg.data.stats import LabelCounter, is_binary_255
-from kseg.errors import DataError
+from kseg.errors import ConfigError, DataError
+
+#: Options a dataset cannot suggest: they say where the data and the experiment are.
+NOT_DATASET_OPTIONS = ("data_dir", "dataset_name", "resume", "overwrite", "allow_recipe_change", "exp_name",
+                       "train_save_path")
 
 
 @dataclasses.dataclass
@@ -27,8 +32,13 @@ class DatasetInfo:
     palette: list = None
     ignore_index: int = IGNORE_INDEX
     input_size: tuple = None
-    epochs: int = None
-    augment: bool = True
+    #: training options the dataset suggests (dataset.json "train", plus the older
+    #: top-level "epochs" and "augment"); the lowest priority: any recipe, file or flag wins
+    train: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def epochs(self):
+        return self.train.get("epochs")
 
     def split_dirs(self, split):
         return split_dir(self.root, split, "image"), split_dir(self.root, split, "label")
@@ -64,9 +74,30 @@ def load_dataset_info(root):
         info.ignore_index = files.ignore_index
     if meta.get("input_size"):
         info.input_size = tuple(meta["input_size"])
-    info.epochs = meta.get("epochs")
-    info.augment = bool(meta.get("augment", True))
+    info.train = dataset_train_options(meta, os.path.join(root, "dataset.json"))
     return info
+
+
+def dataset_train_options(meta, where):
+    """The training options a ``dataset.json`` suggests, checked like a recipe's.
+
+    ``"train": {"epochs": 15, "schedule": "cosine", ...}`` holds any :class:`TrainConfig`
+    option except those of :data:`NOT_DATASET_OPTIONS`; the top-level ``"epochs"`` and
+    ``"augment"`` of older files are read too (``"train"`` wins).
+    """
+    opts = {k: meta[k] for k in ("epochs", "augment") if meta.get(k) is not None}
+    train = meta.get("train") or {}
+    if not isinstance(train, dict):
+        raise DataError(f"{where}: \"train\" must be an object of training options, not {type(train).__name__}")
+    opts.update(train)
+    bad = sorted(set(opts) & set(NOT_DATASET_OPTIONS))
+    if bad:
+        raise DataError(f"{where}: a dataset cannot set {', '.join(bad)}; remove them from \"train\"")
+    try:
+        TrainConfig.from_dict(opts)
+    except ConfigError as e:
+        raise DataError(f"{where}: \"train\": {e}") from None
+    return opts
 
 
 @dataclasses.dataclass

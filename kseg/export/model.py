@@ -2,6 +2,7 @@
 
 from kseg.config import ExperimentConfig
 from kseg.errors import ExportError
+from kseg.runtime import as_float32  # noqa: F401 (re-exported: export computes in float32)
 
 
 def require_tensorflow_backend():
@@ -22,35 +23,8 @@ def load_experiment(weights_path):
 
     folder, keras_file, config = resolve_weights(weights_path)  # fails fast, before TensorFlow loads
     require_tensorflow_backend()
-    model = keras_runner(keras_file).model
+    model = keras_runner(keras_file, config=config).model
     return model, folder, config
-
-
-def as_float32(model):
-    """The model itself, or a float32 copy when it was trained with mixed precision.
-
-    Exported graphs (and tf2onnx) want float32 compute; the variables of a
-    mixed-precision model are float32 already, so the copy has the same weights.
-    """
-    if all(getattr(layer, "compute_dtype", "float32") == "float32" for layer in model.layers):
-        return model
-
-    def fix(obj):
-        if isinstance(obj, dict):
-            if obj.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(obj.get("config"), dict):
-                return {**obj, "config": {**obj["config"], "name": "float32"}}
-            return {k: fix(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [fix(v) for v in obj]
-        if isinstance(obj, str) and obj.startswith("mixed_"):
-            return "float32"
-        return obj
-
-    clone = model.__class__.from_config(fix(model.get_config()))
-    clone.set_weights(model.get_weights())
-    if not all(getattr(layer, "compute_dtype", "float32") == "float32" for layer in clone.layers):
-        raise ExportError(f"model {model.name} could not be converted to float32 for export")
-    return clone
 
 
 def input_shape_for_export(model, config, dynamic_batch=True, dynamic_size=False):
