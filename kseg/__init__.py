@@ -11,11 +11,16 @@ TensorFlow):
     masks = kseg.Predictor.from_experiment(folder).predict(images)
     kseg.export_model(folder, "onnx")
 
-Importing ``kseg`` also registers nothing with Keras; ``kseg.load_model(path)``
-loads any ``.keras`` file kseg wrote (models, losses and metrics registered).
+``import kseg`` is all ``keras.saving.load_model`` needs to read a ``.keras`` file kseg
+wrote: kseg's layers, losses and metrics are registered with Keras as soon as Keras
+is imported (at once when it already is). ``kseg.load_model(path)`` does the same
+with one-line errors.
 """
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 
 __version__ = "0.1.0"
 
@@ -50,3 +55,39 @@ def __getattr__(name):
 
 def __dir__():
     return __all__
+
+
+def register_keras_objects():
+    """Import the modules that register kseg's layers, losses, metrics, optimizers and
+    schedules with Keras (what a saved model may name)."""
+    import kseg.losses  # noqa: F401
+    import kseg.metrics  # noqa: F401
+    import kseg.models  # noqa: F401
+    import kseg.optim  # noqa: F401
+
+
+class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
+    """Runs :func:`register_keras_objects` right after ``import keras`` completes, so
+    that ``import kseg`` stays light and still lets Keras deserialise kseg's files."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras":
+            return None
+        sys.meta_path.remove(self)  # once; the normal finders locate keras itself
+        spec = importlib.util.find_spec("keras")
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_keras = spec.loader.exec_module
+
+        def exec_module(module):
+            exec_keras(module)
+            register_keras_objects()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if "keras" in sys.modules:
+    register_keras_objects()
+elif not any(isinstance(f, _RegisterAfterKeras) for f in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterAfterKeras())

@@ -66,9 +66,9 @@ def load_model_file(path, compile=True, config=None):
     (:func:`check_model_matches`)."""
     import keras
 
-    import kseg.losses  # noqa: F401 (registers kseg's losses and metrics for deserialisation)
-    import kseg.metrics  # noqa: F401
-    import kseg.models  # noqa: F401 (registers kseg's layers)
+    from kseg import register_keras_objects
+
+    register_keras_objects()
 
     if not os.path.isfile(path):
         raise ExperimentError(f"{path} does not exist")

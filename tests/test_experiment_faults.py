@@ -175,3 +175,14 @@ def test_tensorboard_follows_the_experiment_into_place(tmp_path, tiny_dataset, c
                         steps.setdefault(sub, set()).add(event.step)
     assert steps == {"train": {0, 1}, "validation": {0, 1}}
     assert sorted(os.listdir(weights)) == ["tb"]
+
+
+@pytest.mark.parametrize("order", ["import kseg, keras", "import keras, kseg"])
+def test_keras_loads_a_kseg_file_after_import_kseg_alone(trained, order):
+    code = (f"{order}\n"
+            f"m = keras.saving.load_model({str(trained / 'best.keras')!r})\n"
+            "print(type(m.loss).__name__, m.output_shape[-1])")
+    r = subprocess.run([sys.executable, "-c", code], env=dict(ENV, PYTHONPATH=REPO), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert r.stdout.split()[-1] == "4"

@@ -441,3 +441,26 @@ def test_keras_runner_reports_a_fixed_input_size(tmp_path):
     assert run(np.zeros((1, 32, 48, 3), np.float32)).shape == (1, 32, 48, 2)
     with pytest.raises(KsegError, match="does not exist"):
         keras_runner(str(tmp_path / "nope.keras"))
+
+
+def test_a_mixed_precision_model_predicts_in_float32():
+    """One precision for prediction: a model trained under mixed_bfloat16 runs in float32 in
+    the Keras runner, as its exports do, so both give the same masks."""
+    import keras
+
+    from kseg.models import get_model
+    from kseg.runtime import keras_runner
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        mixed = get_model("unet", n_classes=3, input_height=32, input_width=32, base_filters=4, depth=2)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert any(layer.compute_dtype == "bfloat16" for layer in mixed.layers)
+    run = keras_runner(model=mixed)
+    assert all(layer.compute_dtype == "float32" for layer in run.model.layers)
+    x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    f32 = get_model("unet", n_classes=3, input_height=32, input_width=32, base_filters=4, depth=2)
+    f32.set_weights(mixed.get_weights())
+    np.testing.assert_allclose(run(x), np.asarray(f32(x, training=False)), atol=1e-6)
