@@ -44,6 +44,7 @@ from kseg.data.io import (
     write_label,
 )
 from kseg.errors import DataError, unknown_name
+from kseg.progress import progress
 
 GEOMETRIC = "geometric"
 PHOTOMETRIC = "photometric"
@@ -364,7 +365,7 @@ def _record(iname, mname, ip, mp, k, s, shape, applied):
 def _run_plan(plan, out_image_dir, out_mask_dir, operations, seed, mask_fill, log):
     records = []
     cache = {}
-    for ip, mp, k, iname, mname in plan:
+    for ip, mp, k, iname, mname in progress(plan, "augmenting"):
         if ip not in cache:
             cache.clear()
             cache[ip] = (read_image(ip), read_label(mp), _mask_palette(mp))

@@ -43,6 +43,7 @@ from kseg.config import ExperimentConfig
 from kseg.data.io import read_image
 from kseg.data.preprocess import check_image_init, check_resize_op, network_input, normalize, restore_size
 from kseg.errors import KsegError
+from kseg.progress import Progress
 from kseg.runtime import keras_runner, runtime_runner  # noqa: F401 (keras_runner: importable from here too)
 
 MODES = ("resize", "slide", "whole")
@@ -405,6 +406,7 @@ def predict_folder(predictor, test_dir, output=None, *, label_dir=None, overlays
         predictor.timer = timer
     bs = 1 if (predictor.mode == "slide" or timing) else int(batch_size or predictor.batch_size)
     t0 = time.perf_counter()
+    bar = Progress(len(items), "predicting")
     try:
         for i in range(0, len(items), bs):
             chunk = items[i : i + bs]
@@ -424,7 +426,9 @@ def predict_folder(predictor, test_dir, output=None, *, label_dir=None, overlays
                     save_prediction(output, stem, image, mask, palette, names, overlays=overlays)
                 if lab_path:
                     ev.update_file(lab_path, mask, pred_name=img_path)
+            bar.update(len(chunk))
     finally:
+        bar.close()
         seconds = time.perf_counter() - t0
         if timer is not None:
             predictor.timer = None

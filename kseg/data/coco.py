@@ -33,6 +33,7 @@ from kseg.data.layout import BACKGROUND_NAME, SPLITS, split_items
 from kseg.data.writer import DatasetWriter
 from kseg.data.palette import voc_palette
 from kseg.errors import DataError, unknown_name
+from kseg.progress import Progress
 
 CATEGORY_MODES = ("contiguous", "coco")
 OVERLAP_MODES = ("area", "order", "ignore")
@@ -278,6 +279,7 @@ def convert_coco(
         splits = SPLITS
     palette = voc_palette(256)
     with DatasetWriter(output, splits=splits, overwrite=overwrite) as w:
+        bar = Progress(sum(len(v) for v in assignment.values()), "converting")
         for s, stem_list in assignment.items():
             for stem in stem_list:
                 info, path = images[stem]
@@ -295,6 +297,7 @@ def convert_coco(
                 mask = semantic_mask(by_image.get(info["id"], []), h, w_, cat_to_class, overlap, crowd, ignore_index)
                 w.copy_image(s, path, stem=stem)
                 write_label(w.label_path(s, stem), mask, palette=palette if mask.dtype == np.uint8 else None)
+                bar.update()
         w.set_classes(
             names,
             palette[: len(names)] if len(names) <= 256 else None,

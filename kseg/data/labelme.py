@@ -32,6 +32,7 @@ from kseg.data.layout import BACKGROUND_NAME, IGNORE_NAME, class_names_from_line
 from kseg.data.writer import DatasetWriter
 from kseg.data.palette import overlay, voc_palette
 from kseg.errors import DataError
+from kseg.progress import Progress
 
 
 def _import_labelme():
@@ -295,6 +296,7 @@ def convert_labelme_folder(
     label_palette = voc_palette(256)  # the label PNGs show the ignore value in the VOC void colour too
     _import_labelme()
     with DatasetWriter(output, overwrite=overwrite) as w:
+        bar = Progress(len(stems), "converting")
         for s, names in assignment.items():
             for stem in names:
                 data, ext, rgb, lbl = load_labelme(stems[stem], mapping, ignore_index)
@@ -308,5 +310,6 @@ def convert_labelme_folder(
                     write_image(w.path(s, "viz", stem + ".jpg"), viz)
                 if log:
                     log(f"{s}: {stem}")
+                bar.update()
         w.set_classes(classes, palette, ignore_index, extra={"source": "labelme"})
     return {"classes": classes, "splits": assignment}

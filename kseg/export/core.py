@@ -14,6 +14,7 @@ from kseg.export.model import (as_float32, input_shape_for_export, load_experime
                                require_tensorflow_backend)
 from kseg.export.parity import calibration_images, format_parity, parity_check, sample_images, tolerances
 from kseg.export.writers import DEFAULT_OPSET, remove, replace, temporary_path, to_onnx, to_saved_model, to_tflite
+from kseg.progress import step
 from kseg.runtime import FILENAMES, FORMATS, INPUT_NAME, OUTPUT_NAME, make_runner
 
 
@@ -74,6 +75,7 @@ def export_keras_model(model, fmt, output, config, *, opset=DEFAULT_OPSET, dynam
     tmp = temporary_path(final, is_dir=fmt == "savedmodel")
     note = ""
     try:
+        step(f"{fmt}: converting {model.name} ({model.count_params():,} parameters)")
         if fmt == "onnx":
             to_onnx(model, tmp, shape, opset=opset, fp16=fp16, metadata=metadata)
         elif fmt == "savedmodel":
@@ -82,6 +84,7 @@ def export_keras_model(model, fmt, output, config, *, opset=DEFAULT_OPSET, dynam
             note, shape = to_tflite(model, tmp, shape, fp16=fp16, int8=int8, representative=calibration,
                                     workdir=parent)
         atol, max_mismatch, why = tolerances(model, precision, atol, max_mismatch)
+        step(f"{fmt}: checking parity with the Keras model on {sum(len(b) for b in images)} images")
         report = parity_check(model, make_runner(fmt, tmp), images, precision=precision, atol=atol,
                               max_mismatch=max_mismatch, batch_size=2 if dynamic_batch else 1)
         report.update(format=fmt, path=final, input_shape=list(shape), n_classes=int(model.output_shape[-1]),
