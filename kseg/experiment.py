@@ -17,7 +17,7 @@ import tempfile
 import time
 
 from kseg.config import ExperimentConfig
-from kseg.files import STAGING_PREFIX, atomic_path, is_partial_write, replace_dir
+from kseg.files import STAGING_PREFIX, atomic_path, is_partial_write, missing_dirs, replace_dir
 from kseg.errors import ConfigError, ExperimentError
 
 CONFIG = "config.json"
@@ -120,11 +120,7 @@ class ExperimentStage:
     def __init__(self, final):
         self.final = os.path.abspath(final)
         parent = os.path.dirname(self.final)
-        self._created = []
-        p = parent
-        while not os.path.isdir(p):
-            self._created.append(p)
-            p = os.path.dirname(p)
+        self._created = missing_dirs(parent)
         os.makedirs(parent, exist_ok=True)
         sweep_stale_stages(parent)
         self.path = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.path.basename(self.final)}-", dir=parent)

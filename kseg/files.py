@@ -89,3 +89,15 @@ def is_partial_write(name):
     """True for the name of a temporary file :func:`atomic_path` left behind (a killed write)."""
     return bool(_PARTIAL_WRITE.match(name))
 
+
+def missing_dirs(path):
+    """The folders ``os.makedirs(path)`` would create, deepest first."""
+    out = []
+    path = os.path.abspath(path)
+    while path and not os.path.isdir(path):
+        out.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return out

@@ -31,6 +31,15 @@ def build_parser():
     p.add_argument("--slide_above", type=int, default=1024 * 1024,
                    help="images with more pixels than this are segmented with a sliding window of the "
                         "network size (0 = always, -1 = never)")
+    p.add_argument("--max_tiles", type=cli.positive_int, default=64,
+                   help="work budget of one request: the most sliding windows of the network size it may "
+                        "run; a larger image is predicted at a reduced size that fits, and its mask is "
+                        "scaled back to the image's size")
+    p.add_argument("--max_queue", type=cli.non_negative_int, default=4,
+                   help="requests that may wait for the model while it is busy; one more gets HTTP 503 with "
+                        "Retry-After at once")
+    p.add_argument("--busy_timeout", type=cli.positive_float, default=120,
+                   help="seconds a request may wait for the model before HTTP 503")
     p.add_argument("--max_results", type=cli.positive_int, default=100,
                    help="result images kept on disk (the oldest are deleted)")
     p.add_argument("--max_results_mb", type=cli.positive_float, default=500,
@@ -95,6 +104,7 @@ def main(argv=None):
     try:
         app = create_app(weights, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                          slide_above=None if args.slide_above < 0 else args.slide_above,
+                         max_tiles=args.max_tiles, max_queue=args.max_queue, busy_timeout=args.busy_timeout,
                          max_results=args.max_results, max_results_mb=args.max_results_mb,
                          result_ttl_minutes=args.result_ttl, results_dir=args.results_dir,
                          flip=args.flip, batch_size=args.batch_size, debug=args.debug)

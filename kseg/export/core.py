@@ -7,13 +7,16 @@ check never leaves a file where a deployed model is expected.
 """
 
 import os
+import sys
 
 from kseg.config import ExperimentConfig
 from kseg.errors import ExportError
+from kseg.files import missing_dirs
 from kseg.export.model import (as_float32, input_shape_for_export, load_experiment, model_divisor,
                                require_tensorflow_backend)
 from kseg.export.parity import calibration_images, format_parity, parity_check, sample_images, tolerances
-from kseg.export.writers import DEFAULT_OPSET, remove, replace, temporary_path, to_onnx, to_saved_model, to_tflite
+from kseg.export.writers import (DEFAULT_OPSET, remove, remove_stale_temporaries, replace, temporary_path, to_onnx,
+                                 to_saved_model, to_tflite)
 from kseg.progress import step
 from kseg.runtime import FILENAMES, FORMATS, INPUT_NAME, OUTPUT_NAME, make_runner
 
@@ -69,9 +72,13 @@ def export_keras_model(model, fmt, output, config, *, opset=DEFAULT_OPSET, dynam
             images.append(sample_images(config, other, n=2, seed=1))
     final = os.path.abspath(output)
     parent = os.path.dirname(final)
+    created = missing_dirs(parent)
     os.makedirs(parent, exist_ok=True)
     precision = "int8" if int8 else "float16" if fp16 else "float32"
     metadata = _metadata(config, shape, precision)
+    gone = remove_stale_temporaries(final)
+    if gone:
+        print(f"removed what a killed export left: {', '.join(sorted(gone))}", file=sys.stderr)
     tmp = temporary_path(final, is_dir=fmt == "savedmodel")
     note = ""
     try:
@@ -95,6 +102,14 @@ def export_keras_model(model, fmt, output, config, *, opset=DEFAULT_OPSET, dynam
                 "only if that precision loss is acceptable)"
             )
         replace(tmp, final)
+    except BaseException:
+        remove(tmp)
+        for d in created:  # deepest first: a failed export leaves no empty folders
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+        raise
     finally:
         remove(tmp)
     return final, report

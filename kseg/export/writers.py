@@ -18,6 +18,7 @@ import numpy as np
 
 from kseg.compat import export_friendly_ops, tf2onnx_numpy2
 from kseg.errors import ExportError
+from kseg.files import is_partial_write
 from kseg.runtime import INPUT_NAME, OUTPUT_NAME, SIGNATURE_KEY, first_line, is_delegate_error, quiet_stderr
 from kseg.runtime import tflite_interpreter
 
@@ -174,11 +175,12 @@ def to_saved_model(model, path, shape):
     return path
 
 
-def _tflite_blob(model, shape, fp16, int8, representative, workdir):
+def _tflite_blob(model, shape, fp16, int8, representative, workdir, prefix=".kseg_sm_"):
     """Convert once; returns ``(flatbuffer bytes, note)``."""
     import tensorflow as tf
 
-    tmp = tempfile.mkdtemp(prefix=".kseg_sm_", dir=workdir)
+    # named after the temporary output, so remove_stale_temporaries finds it after a kill
+    tmp = tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=workdir)
     note = ""
     try:
         to_saved_model(model, tmp, shape)
@@ -238,15 +240,17 @@ def to_tflite(model, path, shape, fp16=False, int8=False, representative=None, w
         raise ExportError("--fp16 and --int8 exclude each other; pick one")
     if int8 and representative is None:
         raise ExportError("--int8 needs calibration images (--calibration_dir)")
+    scratch = os.path.basename(path) + "."
     try:
         try:
-            blob, note = _tflite_blob(model, shape, fp16, int8, representative, workdir)
+            blob, note = _tflite_blob(model, shape, fp16, int8, representative, workdir, scratch)
         except ExportError:
             raise
         except Exception as e:
             if shape[0] is not None:
                 raise
-            blob, note = _tflite_blob(model, (1,) + tuple(shape[1:]), fp16, int8, representative, workdir)
+            blob, note = _tflite_blob(model, (1,) + tuple(shape[1:]), fp16, int8, representative, workdir,
+                                      scratch)
             note = "; ".join(n for n in (note, f"TFLite cannot handle a dynamic batch axis for this model "
                                                f"({first_line(e)[:120]}); exported with batch 1") if n)
             shape = (1,) + tuple(shape[1:])
@@ -273,6 +277,23 @@ def temporary_path(final, is_dir):
         fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{os.path.splitext(base)[1]}", dir=parent)
         os.close(fd)
     return tmp
+
+
+def remove_stale_temporaries(final):
+    """Remove what a killed export of ``final`` left beside it: its hidden temporary
+    (``.<name>.*.tmp*``) and replaced (``.<name>.old.*``) files and folders. Only names
+    derived from ``final`` are touched, so other writers in the folder are safe."""
+    parent, base = os.path.dirname(final) or ".", os.path.basename(final)
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return []
+    gone = []
+    for name in names:
+        if name.startswith(f".{base}.") and (is_partial_write(name) or name.startswith(f".{base}.old.")):
+            remove(os.path.join(parent, name))
+            gone.append(name)
+    return gone
 
 
 def remove(path):

@@ -3,31 +3,45 @@
 Routes:
 
 * ``GET /`` -- the upload page (``templates/index.html`` + ``static/app.js``);
-* ``GET /api/info`` -- the model name, classes (id, name, colour) and input size;
+* ``GET /api/info`` -- the model name, classes (id, name, colour), input size and limits;
 * ``POST /api/predict`` -- an image (multipart field ``image``, or a raw body with an
   ``image/*`` content type) -> JSON with per-class statistics, the image size, the
-  inference time and the URLs of the original, the colour mask and the overlay;
+  size it was predicted at, the inference time and the URLs of the original, the
+  colour mask and the overlay;
 * ``GET /results/<id>/<file>`` -- those result images.
 
-Robustness: every error caused by the upload (no file, empty file, not an
-image, corrupt image, an image too large in bytes or in pixels) is a 4xx JSON
-``{"error": "..."}``. The image size is read from the file header before any
-pixel is decoded, so a "decompression bomb" is refused without allocating it.
-Images with more than ``slide_above`` pixels are segmented with a sliding
-window of the network size (memory bounded by the score map of one image), up to
-``max_pixels``. Anything unexpected is logged with its traceback and answered
-with a generic JSON 500; the server keeps running.
+Robustness: every error caused by the request (no file, empty file, not an image,
+corrupt image, a body over ``max_upload_mb`` -- with or without ``Content-Length``,
+i.e. also ``Transfer-Encoding: chunked`` -- or an image over ``max_pixels`` /
+``max_side``) is a 4xx JSON ``{"error": "<one line>", "status": N}``. A body is never
+read past ``max_upload_mb`` (+1 byte). The image size is read from the file header
+before any pixel is decoded (Pillow's ``Image.open`` is lazy), so a "decompression
+bomb" is refused without allocating it, and before the request waits for the model.
+Anything unexpected is logged with its traceback and answered with a generic JSON
+500; the server keeps running.
+
+Work per request is bounded. Images with more than ``slide_above`` pixels are
+segmented with a sliding window of the network input size, at most ``max_tiles``
+windows per request: a larger image is downscaled for prediction just enough to fit
+that budget (the windows, their score map and the preprocessed copy all stay at
+that size) and its mask is scaled back to the original size (nearest neighbour).
+Smaller images are resized to the network size (one window); their score map is
+kept at the original size up to ``MAX_SCORE_PIXELS``, above it the same
+downscale-then-upscale applies. The answer says what happened: ``prediction_size``,
+``windows`` and ``downscaled``. Decoding and the result images are at the original
+size, bounded by ``max_pixels``.
+
+Queueing: one request uses the model at a time (Keras models are not guaranteed
+thread-safe, and it bounds memory to one image), the others wait in arrival order.
+At most ``max_queue`` requests wait; one more is answered at once with a JSON 503
+and a ``Retry-After`` header, as is a request that waited ``busy_timeout`` seconds.
+The body is read and the image header checked before a request joins the queue,
+so a slow upload does not hold a place in it.
 
 Result files live in ``results_dir`` (a temporary folder removed at exit by
 default), one folder per result named by a random token; only the
 ``max_results`` most recent results younger than ``result_ttl_minutes`` are kept
 (older ones are deleted), so the folder cannot grow without bound.
-
-The model is loaded once, when the app is created. Decoding, inference and
-writing the result files run under one lock (Keras models are not guaranteed
-thread-safe, and it bounds memory to one image at a time), so the app can be
-served by a threaded server; a request that waits longer than ``busy_timeout``
-seconds for the lock gets a JSON 503.
 """
 
 import atexit
@@ -42,7 +56,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -51,7 +65,7 @@ from kseg.errors import KsegError, UploadError
 
 try:
     import flask
-    from werkzeug.exceptions import HTTPException
+    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 except ImportError:  # pragma: no cover - depends on the installed extras
     raise KsegError("the web demo needs Flask; install it with: pip install 'kseg[serve]'") from None
 
@@ -61,10 +75,17 @@ DEFAULT_MAX_UPLOAD_MB = 20
 DEFAULT_MAX_PIXELS = 4096 * 4096
 DEFAULT_MAX_SIDE = 16384
 DEFAULT_SLIDE_ABOVE = 1024 * 1024
+DEFAULT_MAX_TILES = 64
+DEFAULT_MAX_QUEUE = 4
 DEFAULT_MAX_RESULTS = 100
 DEFAULT_MAX_RESULTS_MB = 500
 DEFAULT_RESULT_TTL_MINUTES = 60
 DEFAULT_BUSY_TIMEOUT = 120.0
+#: In resize mode the class scores are restored at the original size up to this many
+#: pixels; above it at a size with this many pixels, and the mask is scaled up.
+MAX_SCORE_PIXELS = 1024 * 1024
+#: Rows of the overlay are blended in bands of about this many pixels (bounded memory).
+_BAND_PIXELS = 1 << 20
 
 #: Pillow formats accepted for uploads (others are refused before any decoding).
 ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF")  # JPEG includes camera MPO files
@@ -73,20 +94,16 @@ RESULT_FILES = {"original.jpg": "image/jpeg", "mask.png": "image/png", "overlay.
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")  # secrets.token_urlsafe(16)
 
 
-
-
 # ---------------------------------------------------------------------------------- decoding
-def decode_image(data, *, max_pixels=DEFAULT_MAX_PIXELS, max_side=DEFAULT_MAX_SIDE, name="the upload"):
-    """Decode uploaded bytes into an RGB ``uint8`` array ``(H, W, 3)``.
+def open_image(data, *, max_pixels=DEFAULT_MAX_PIXELS, max_side=DEFAULT_MAX_SIDE, name="the upload"):
+    """Open uploaded bytes lazily and check the size from the header; no pixel is decoded.
 
-    The size is checked from the header before the pixels are decoded. Grey,
-    16-bit grey, palette, CMYK and images with an alpha channel become RGB (the
-    alpha channel is dropped, as :func:`kseg.data.io.read_image` does); the EXIF
-    orientation of camera photos is applied; animated images give their first frame.
+    Returns:
+        The lazily opened ``PIL.Image`` (``.size`` is ``(width, height)``).
 
     Raises:
-        UploadError: 400 for empty / non-image / corrupt data, 413 for an image
-            with more than ``max_pixels`` pixels or a side longer than ``max_side``.
+        UploadError: 400 for empty / non-image data or an invalid size, 413 for an
+            image with more than ``max_pixels`` pixels or a side longer than ``max_side``.
     """
     if not data:
         raise UploadError(f"{name} is empty (0 bytes); choose an image file")
@@ -108,6 +125,22 @@ def decode_image(data, *, max_pixels=DEFAULT_MAX_PIXELS, max_side=DEFAULT_MAX_SI
     if max(w, h) > max_side:
         raise UploadError(f"{name} is {w}x{h} pixels, longer than the limit of {max_side} pixels per side; "
                           "crop or downscale it first", 413)
+    return im
+
+
+def decode_image(data, *, max_pixels=DEFAULT_MAX_PIXELS, max_side=DEFAULT_MAX_SIDE, name="the upload"):
+    """Decode uploaded bytes into an RGB ``uint8`` array ``(H, W, 3)``.
+
+    The size is checked from the header (:func:`open_image`) before the pixels are
+    decoded. Grey, 16-bit grey, palette, CMYK and images with an alpha channel become
+    RGB (the alpha channel is dropped, as :func:`kseg.data.io.read_image` does); the
+    EXIF orientation of camera photos is applied; animated images give their first frame.
+
+    Raises:
+        UploadError: 400 for empty / non-image / corrupt data, 413 for an image
+            with more than ``max_pixels`` pixels or a side longer than ``max_side``.
+    """
+    im = open_image(data, max_pixels=max_pixels, max_side=max_side, name=name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -224,12 +257,118 @@ class ResultStore:
             return len(self._items)
 
 
+# ---------------------------------------------------------------------------------- queueing
+class QueueFull(Exception):
+    """The model is busy and ``max_waiting`` requests are already waiting for it."""
+
+
+class ModelGate:
+    """One holder at a time; at most ``max_waiting`` others wait, served in arrival order.
+
+    :meth:`acquire` returns True once the caller holds the gate, False after
+    ``timeout`` seconds of waiting, and raises :class:`QueueFull` at once when
+    ``max_waiting`` callers are already waiting. :meth:`release` hands the gate
+    directly to the longest waiter.
+    """
+
+    def __init__(self, max_waiting):
+        self.max_waiting = int(max_waiting)
+        self._lock = threading.Lock()
+        self._busy = False
+        self._waiters = deque()  # one Event per waiting caller, oldest first
+
+    @property
+    def waiting(self):
+        with self._lock:
+            return len(self._waiters)
+
+    @property
+    def busy(self):
+        with self._lock:
+            return self._busy
+
+    def acquire(self, timeout=None):
+        with self._lock:
+            if not self._busy:  # nobody holds it, so nobody waits either
+                self._busy = True
+                return True
+            if len(self._waiters) >= self.max_waiting:
+                raise QueueFull()
+            ready = threading.Event()
+            self._waiters.append(ready)
+        if ready.wait(timeout):
+            return True
+        with self._lock:
+            try:
+                self._waiters.remove(ready)
+            except ValueError:  # handed over between the timeout and this lock: we hold it
+                return True
+            return False
+
+    def release(self):
+        with self._lock:
+            if self._waiters:
+                self._waiters.popleft().set()  # stays busy: the gate passes to that waiter
+            else:
+                self._busy = False
+
+
+class ServerBusy(Exception):
+    """Answered with a JSON 503 and ``Retry-After``."""
+
+    def __init__(self, message, retry_after):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+# ---------------------------------------------------------------------------------- sizes
+def _scaled(h, w, long_side):
+    """``(h, w)`` scaled so that the longer side is ``long_side`` (each side >= 1)."""
+    if h >= w:
+        return long_side, max(1, min(w, round(w * long_side / h)))
+    return max(1, min(h, round(h * long_side / w))), long_side
+
+
+def _largest_fitting(h, w, fits):
+    """The largest ``(h', w') <= (h, w)`` of the image's aspect ratio for which ``fits``
+    is true (``fits`` is monotone in the size and true for the smallest one)."""
+    if fits(h, w):
+        return h, w
+    lo, hi = 1, max(h, w) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(*_scaled(h, w, mid)):
+            lo = mid
+        else:
+            hi = mid - 1
+    return _scaled(h, w, lo)
+
+
+def _nearest_index(n_out, n_in):
+    """Source index of each of ``n_out`` output pixels for a nearest-neighbour resize
+    from ``n_in`` pixels (pixel centres aligned)."""
+    return ((2 * np.arange(n_out, dtype=np.int64) + 1) * n_in) // (2 * n_out)
+
+
+def _overlay(image, mask, palette):
+    """:func:`kseg.data.palette.overlay` (no legend) computed in bands of rows, so its
+    float temporaries stay small for large images; the result is the same."""
+    from kseg.data.palette import overlay
+
+    h, w = mask.shape
+    rows = max(1, _BAND_PIXELS // max(1, w))
+    out = np.empty(image.shape, np.uint8)
+    for y in range(0, h, rows):
+        out[y : y + rows] = overlay(image[y : y + rows], mask[y : y + rows], palette, legend=False)
+    return out
+
+
 # ---------------------------------------------------------------------------------- app
 class DemoState:
-    """What the routes share: the predictors, class table, limits and result store."""
+    """What the routes share: the predictors, class table, limits, queue and result store."""
 
     def __init__(self, predictor, *, max_upload_mb, max_pixels, max_side, slide_above, store,
-                 busy_timeout):
+                 busy_timeout, max_tiles=DEFAULT_MAX_TILES, max_queue=DEFAULT_MAX_QUEUE):
         from kseg.data.palette import palette_for
         from kseg.predict import Predictor
 
@@ -247,18 +386,33 @@ class DemoState:
         self.class_names = cfg.names()
         self.palette = palette_for(cfg.n_classes, cfg.palette).astype(np.uint8)
         self.max_upload_mb = max_upload_mb
+        self.max_upload_bytes = int(max_upload_mb * 1024 * 1024)
         self.max_pixels = int(max_pixels)
         self.max_side = int(max_side)
         self.slide_above = slide_above
+        self.max_tiles = int(max_tiles)
+        self.max_queue = int(max_queue)
         self.store = store
         self.busy_timeout = busy_timeout
-        self.lock = threading.Lock()
+        self.gate = ModelGate(self.max_queue)
+        self.window_seconds = None  # one forward pass of the network size, timed at warm-up
+        self._request_seconds = None  # running mean of the time a request holds the model
+        self._stats_lock = threading.Lock()
 
+    # ---------------------------------------------------------------- description
     def class_table(self):
         return [{"id": i, "name": name, "color": "#%02x%02x%02x" % tuple(int(v) for v in self.palette[i])}
                 for i, name in enumerate(self.class_names)]
 
+    def max_model_seconds(self):
+        """Estimated longest model time of one request (``max_tiles`` windows), or None."""
+        if self.window_seconds is None:
+            return None
+        per_request = self.max_tiles if self.slide_predictor is not None else 1
+        return per_request * self.window_seconds
+
     def info(self):
+        est = self.max_model_seconds()
         return {
             "model": self.model_name,
             "experiment": self.experiment,
@@ -270,43 +424,98 @@ class DemoState:
             "mode": self.predictor.mode,
             "slide_above_pixels": self.slide_above,
             "max_upload_mb": self.max_upload_mb,
-            "max_upload_bytes": int(self.max_upload_mb * 1024 * 1024),
+            "max_upload_bytes": self.max_upload_bytes,
             "max_pixels": self.max_pixels,
             "max_side": self.max_side,
+            "max_tiles": self.max_tiles,
+            "max_queue": self.max_queue,
+            "busy_timeout_s": self.busy_timeout,
+            "max_model_seconds_estimate": None if est is None else round(est, 3),
         }
 
-    def choose_predictor(self, h, w):
-        if self.slide_predictor is not None and h * w > self.slide_above:
-            return self.slide_predictor
-        return self.predictor
+    # ---------------------------------------------------------------- the work budget
+    def plan(self, h, w):
+        """``(predictor, (ph, pw), windows)``: how an ``h x w`` image is predicted.
+
+        Slide mode (more than ``slide_above`` pixels): at the largest size of the
+        image's aspect ratio, up to the original, whose sliding window needs at most
+        ``max_tiles`` windows. Resize mode: one window; the scores are restored at
+        the original size up to ``MAX_SCORE_PIXELS`` pixels, else at a smaller size.
+        """
+        sp = self.slide_predictor
+        if sp is not None and h * w > self.slide_above:
+            ph, pw = _largest_fitting(h, w, lambda a, b: len(sp.windows(a, b)) <= self.max_tiles)
+            return sp, (ph, pw), len(sp.windows(ph, pw))
+        ph, pw = _largest_fitting(h, w, lambda a, b: a * b <= MAX_SCORE_PIXELS)
+        return self.predictor, (ph, pw), 1
+
+    def retry_after(self):
+        """Seconds a client should wait before trying again (whole seconds, 1 to 600)."""
+        per = self._request_seconds or self.max_model_seconds() or 1.0
+        return int(min(600, max(1, math.ceil(per * (self.gate.waiting + 1)))))
+
+    def _record(self, seconds):
+        with self._stats_lock:
+            prev = self._request_seconds
+            self._request_seconds = seconds if prev is None else 0.7 * prev + 0.3 * seconds
+
+    # ---------------------------------------------------------------- the request
+    def run_exclusive(self, data, filename):
+        """:meth:`process` while holding the model; raises :class:`ServerBusy` when the
+        queue is full (at once) or after ``busy_timeout`` seconds of waiting."""
+        try:
+            held = self.gate.acquire(timeout=self.busy_timeout)
+        except QueueFull:
+            raise ServerBusy(f"the server is busy and its queue is full ({self.max_queue} uploads waiting for "
+                             "the model); try again in a moment", self.retry_after()) from None
+        if not held:
+            raise ServerBusy(f"the server stayed busy with other images for {self.busy_timeout:g} s; "
+                             "try again in a moment", self.retry_after())
+        t0 = time.perf_counter()
+        try:
+            return self.process(data, filename)
+        finally:
+            self._record(time.perf_counter() - t0)
+            self.gate.release()
 
     def process(self, data, filename):
         """Decode, predict and write the result files; returns the response dict."""
+        import cv2
+
         from kseg.data.io import write_image, write_label
-        from kseg.data.palette import overlay
 
         label = f"the upload {filename!r}" if filename else "the upload"
         image = decode_image(data, max_pixels=self.max_pixels, max_side=self.max_side, name=label)
         h, w = image.shape[:2]
-        pred = self.choose_predictor(h, w)
+        pred, (ph, pw), n_windows = self.plan(h, w)
+        small = image if (ph, pw) == (h, w) else cv2.resize(image, (pw, ph), interpolation=cv2.INTER_AREA)
         t0 = time.perf_counter()
-        proba = pred.predict_proba(image)
+        proba = pred.predict_proba(small)
         dt = time.perf_counter() - t0
+        del small
         n = len(self.class_names)
-        if proba.shape[:2] != (h, w) or proba.shape[-1] > n:
-            raise RuntimeError(f"the predictor returned shape {proba.shape} for a {h}x{w} image "
+        if proba.shape[:2] != (ph, pw) or proba.shape[-1] > n:
+            raise RuntimeError(f"the predictor returned shape {proba.shape} for a {ph}x{pw} image "
                                f"and {n} classes")
         mask = proba.argmax(-1).astype(np.uint8 if n <= 256 else np.uint16)
-        conf = proba.max(-1)
+        conf = proba.max(-1).astype(np.float64)
         del proba
+        if (ph, pw) == (h, w):
+            weights = None
+        else:  # each predicted pixel stands for a block of original pixels (nearest neighbour)
+            ys, xs = _nearest_index(h, ph), _nearest_index(w, pw)
+            weights = np.outer(np.bincount(ys, minlength=ph), np.bincount(xs, minlength=pw)).astype(np.float64)
+            conf *= weights
         flat = mask.ravel()
-        area = np.bincount(flat, minlength=n)[:n]
-        conf_sum = np.bincount(flat, weights=conf.ravel().astype(np.float64), minlength=n)[:n]
-        del conf
+        area = np.bincount(flat, weights=None if weights is None else weights.ravel(), minlength=n)[:n]
+        conf_sum = np.bincount(flat, weights=conf.ravel(), minlength=n)[:n]
+        del conf, weights
+        if (ph, pw) != (h, w):
+            mask = mask[ys][:, xs]
         classes = []
         for c in self.class_table():
             i = c["id"]
-            a = int(area[i])
+            a = int(round(area[i]))
             c.update(area_px=a, area_ratio=round(a / (h * w), 6),
                      mean_confidence=round(float(conf_sum[i] / a), 4) if a else None)
             classes.append(c)
@@ -315,13 +524,13 @@ class DemoState:
         try:
             write_image(os.path.join(folder, "original.jpg"), image, quality=90)
             write_label(os.path.join(folder, "mask.png"), mask, self.palette)
-            write_image(os.path.join(folder, "overlay.png"),
-                        overlay(image, mask, self.palette, legend=False))
+            write_image(os.path.join(folder, "overlay.png"), _overlay(image, mask, self.palette))
         except BaseException:
             self.store.discard(token)
             raise
         self.store.add(token)
-        log.info("%s: %dx%d, %s mode, %.0f ms", filename or "upload", w, h, pred.mode, dt * 1000)
+        log.info("%s: %dx%d predicted at %dx%d, %s mode, %d windows, %.0f ms", filename or "upload",
+                 w, h, pw, ph, pred.mode, n_windows, dt * 1000)
 
         def url(name):
             return flask.url_for("result_file", token=token, name=name)
@@ -332,7 +541,10 @@ class DemoState:
             "experiment": self.experiment,
             "filename": filename,
             "image_size": {"width": w, "height": h},
+            "prediction_size": {"width": pw, "height": ph},
+            "downscaled": (ph, pw) != (h, w),
             "mode": pred.mode,
+            "windows": n_windows,
             "inference_ms": round(dt * 1000, 1),
             "classes": classes,
             "original_url": url("original.jpg"),
@@ -342,27 +554,36 @@ class DemoState:
 
 
 def _positive(name, value):
-    if not (isinstance(value, (int, float)) and value > 0):
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
         raise KsegError(f"{name} must be a positive number; received {value!r}")
     return value
 
 
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
 def create_app(weights_path=None, *, predictor=None, max_upload_mb=DEFAULT_MAX_UPLOAD_MB,
                max_pixels=DEFAULT_MAX_PIXELS, max_side=DEFAULT_MAX_SIDE, slide_above=DEFAULT_SLIDE_ABOVE,
+               max_tiles=DEFAULT_MAX_TILES, max_queue=DEFAULT_MAX_QUEUE,
                max_results=DEFAULT_MAX_RESULTS, max_results_mb=DEFAULT_MAX_RESULTS_MB,
-               result_ttl_minutes=DEFAULT_RESULT_TTL_MINUTES, results_dir=None, busy_timeout=DEFAULT_BUSY_TIMEOUT, flip=False, batch_size=4,
-               warmup=True, debug=False):
+               result_ttl_minutes=DEFAULT_RESULT_TTL_MINUTES, results_dir=None, busy_timeout=DEFAULT_BUSY_TIMEOUT,
+               flip=False, batch_size=4, warmup=True, debug=False):
     """Build the demo's Flask app for one experiment.
 
     Args:
         weights_path: experiment folder (``weights/<exp>``) or a ``.keras`` file beside
             its ``config.json``.
         predictor: a ready :class:`kseg.predict.Predictor` instead of ``weights_path``.
-        max_upload_mb: the largest request body accepted (413 above).
+        max_upload_mb: the largest request body accepted (413 above), with or without
+            ``Content-Length``.
         max_pixels: the largest image accepted, in pixels (413 above); default 4096x4096.
         max_side: the longest image side accepted (413 above).
         slide_above: images with more pixels than this are segmented with a sliding
             window of the network size; ``None`` never slides.
+        max_tiles: the most sliding windows one request may run; a larger image is
+            downscaled for prediction until it fits, and its mask scaled back.
+        max_queue: how many requests may wait for the model; more get a 503 at once.
         max_results: how many results (folders of images) are kept.
         max_results_mb: the most disk space all kept results may take, in MB.
         result_ttl_minutes: results older than this are deleted.
@@ -370,7 +591,8 @@ def create_app(weights_path=None, *, predictor=None, max_upload_mb=DEFAULT_MAX_U
         busy_timeout: seconds a request waits for the model before a 503.
         flip: horizontal-flip test-time augmentation.
         batch_size: sliding-window tiles per forward pass.
-        warmup: run one forward pass at start-up so the first request is not slow.
+        warmup: run forward passes at start-up so the first request is not slow (the
+            second is timed to estimate the longest model time of a request).
         debug: add the exception text to JSON 500 answers (never an interactive debugger).
 
     Returns:
@@ -389,14 +611,23 @@ def create_app(weights_path=None, *, predictor=None, max_upload_mb=DEFAULT_MAX_U
     _positive("max_results_mb", max_results_mb)
     _positive("result_ttl_minutes", result_ttl_minutes)
     _positive("busy_timeout", busy_timeout)
+    if not (isinstance(max_tiles, int) and not isinstance(max_tiles, bool) and max_tiles >= 1):
+        raise KsegError(f"max_tiles must be a whole number >= 1; received {max_tiles!r}")
+    if not (isinstance(max_queue, int) and not isinstance(max_queue, bool) and max_queue >= 0):
+        raise KsegError(f"max_queue must be a whole number >= 0; received {max_queue!r}")
     if slide_above is not None and not (isinstance(slide_above, (int, float)) and slide_above >= 0):
         raise KsegError(f"slide_above must be a number of pixels >= 0 or None; received {slide_above!r}")
     if predictor is None:
         if weights_path is None:
             raise KsegError("create_app needs weights_path (weights/<exp_name>) or a predictor")
         predictor = Predictor.from_experiment(weights_path, mode="resize", flip=flip, batch_size=batch_size)
+    window_seconds = None
     if warmup:
-        predictor.predict_proba(np.zeros(predictor.size + (3,), np.uint8))
+        blank = np.zeros(predictor.size + (3,), np.uint8)
+        predictor.predict_proba(blank)
+        t0 = time.perf_counter()
+        predictor.predict_proba(blank)
+        window_seconds = time.perf_counter() - t0
 
     if results_dir is None:
         results_dir = tempfile.mkdtemp(prefix="kseg-serve-")
@@ -404,28 +635,43 @@ def create_app(weights_path=None, *, predictor=None, max_upload_mb=DEFAULT_MAX_U
     store = ResultStore(os.path.abspath(results_dir), int(max_results), float(result_ttl_minutes) * 60.0,
                         max_bytes=float(max_results_mb) * 1024 * 1024)
     state = DemoState(predictor, max_upload_mb=max_upload_mb, max_pixels=max_pixels, max_side=max_side,
-                      slide_above=slide_above, store=store, busy_timeout=float(busy_timeout))
+                      slide_above=slide_above, store=store, busy_timeout=float(busy_timeout),
+                      max_tiles=max_tiles, max_queue=max_queue)
+    state.window_seconds = window_seconds
+    est = state.max_model_seconds()
+    log.info("work per request: at most %s windows of %dx%d%s; at most %d requests wait for the model",
+             max_tiles if slide_above is not None else 1, *predictor.size,
+             f" (about {est:.2f} s of model time)" if est is not None else "", max_queue)
 
     here = os.path.dirname(os.path.abspath(__file__))
     app = flask.Flask(__name__, template_folder=os.path.join(here, "templates"),
                       static_folder=os.path.join(here, "static"))
-    app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
+    # one byte over the limit: Werkzeug stops a body without Content-Length (chunked)
+    # at this size, so a body that reaches it is known to be over the limit
+    app.config["MAX_CONTENT_LENGTH"] = state.max_upload_bytes + 1
     app.json.sort_keys = False
     app.extensions["kseg"] = state
+    too_large = f"the upload is larger than the {max_upload_mb:g} MB limit; send a smaller file"
 
-    def error(message, status):
-        resp = flask.jsonify(error=message, status=status)
+    def error(message, status, headers=None):
+        resp = flask.jsonify(error=_one_line(message), status=status)
         resp.status_code = status
+        for k, v in (headers or {}).items():
+            resp.headers[k] = v
         return resp
 
     @app.errorhandler(UploadError)
     def _upload_error(e):
         return error(str(e), e.status)
 
+    @app.errorhandler(ServerBusy)
+    def _busy(e):
+        return error(str(e), 503, {"Retry-After": str(e.retry_after)})
+
     @app.errorhandler(HTTPException)
     def _http_error(e):
         if e.code == 413:
-            return error(f"the upload is larger than the {max_upload_mb} MB limit; send a smaller file", 413)
+            return error(too_large, 413)
         return error(e.description or e.name, e.code or 500)
 
     @app.errorhandler(Exception)
@@ -433,7 +679,7 @@ def create_app(weights_path=None, *, predictor=None, max_upload_mb=DEFAULT_MAX_U
         log.exception("error while handling %s %s", flask.request.method, flask.request.path)
         body = {"error": "internal error while processing the request; see the server log", "status": 500}
         if debug:
-            body["detail"] = f"{type(e).__name__}: {e}"[:1000]
+            body["detail"] = _one_line(f"{type(e).__name__}: {e}")[:1000]
         resp = flask.jsonify(body)
         resp.status_code = 500
         return resp
@@ -457,31 +703,43 @@ def create_app(weights_path=None, *, predictor=None, max_upload_mb=DEFAULT_MAX_U
     def api_info():
         return flask.jsonify(state.info())
 
+    def read_upload(req):
+        """``(data, filename)`` of the request's image; the body is read at most to the
+        limit + 1 byte, whether or not it has a ``Content-Length``."""
+        no_image = ("no image in the request; send multipart/form-data with the file in a field named "
+                    "'image', or the image itself as the body with an image/* content type")
+        if req.content_length is not None and req.content_length > state.max_upload_bytes:
+            raise UploadError(too_large, 413)
+        mimetype = req.mimetype or ""
+        raw = mimetype.startswith("image/") or mimetype == "application/octet-stream"
+        if not raw and mimetype != "multipart/form-data":
+            raise UploadError(no_image)
+        body = req.get_data(cache=True)  # stops at MAX_CONTENT_LENGTH (limit + 1)
+        if len(body) > state.max_upload_bytes:
+            raise UploadError(too_large, 413)
+        if raw:
+            return body, None
+        try:
+            files = req.files  # parsed from the cached body
+        except RequestEntityTooLarge:
+            raise UploadError("the form has too many parts or too large a text field; send only the image, "
+                              "in a field named 'image'", 413) from None
+        f = files.get("image") or next(iter(files.values()), None)
+        if f is None:
+            raise UploadError(no_image)
+        filename = os.path.basename((f.filename or "").replace("\\", "/"))[:200] or None
+        data = f.read()
+        if not data and filename is None:
+            raise UploadError("no file was chosen; pick an image to upload")
+        return data, filename
+
     @app.post("/api/predict")
     def api_predict():
-        req = flask.request
-        filename = None
-        if (req.mimetype or "").startswith("image/") or req.mimetype == "application/octet-stream":
-            data = req.get_data(cache=False)
-        else:
-            f = req.files.get("image") or next(iter(req.files.values()), None)
-            if f is None:
-                raise UploadError("no image in the request; send multipart/form-data with the file "
-                                  "in a field named 'image'")
-            filename = os.path.basename((f.filename or "").replace("\\", "/"))[:200] or None
-            data = f.read()
-            if not data and filename is None:
-                raise UploadError("no file was chosen; pick an image to upload")
-        if not data:
-            what = f"the upload {filename!r}" if filename else "the upload"
-            raise UploadError(f"{what} is empty (0 bytes); choose an image file")
-        if not state.lock.acquire(timeout=state.busy_timeout):
-            return error("the server is busy with other images; try again in a moment", 503)
-        try:
-            result = state.process(data, filename)
-        finally:
-            state.lock.release()
-        return flask.jsonify(result)
+        data, filename = read_upload(flask.request)
+        label = f"the upload {filename!r}" if filename else "the upload"
+        # bad files are answered without waiting for the model: only the header is read
+        open_image(data, max_pixels=state.max_pixels, max_side=state.max_side, name=label)
+        return flask.jsonify(state.run_exclusive(data, filename))
 
     @app.get("/results/<token>/<name>")
     def result_file(token, name):

@@ -80,7 +80,8 @@ def assert_json_error(resp, status, *words):
     assert resp.mimetype == "application/json"
     body = resp.get_json()
     assert isinstance(body["error"], str) and body["error"]
-    assert "Traceback" not in body["error"]
+    assert "Traceback" not in body["error"] and "\n" not in body["error"]  # one line
+    assert body["status"] == status
     for w in words:
         assert w in body["error"], body["error"]
     return body
@@ -114,6 +115,8 @@ def test_info_lists_model_classes_and_input_size(client):
     ]
     assert info["max_upload_mb"] == 20 and info["max_upload_bytes"] == 20 * 1024 * 1024
     assert info["max_pixels"] == 4096 * 4096
+    assert info["max_tiles"] == 64 and info["max_queue"] == 4
+    assert info["max_model_seconds_estimate"] is None  # no warm-up, nothing timed
 
 
 def test_index_page_has_upload_form_and_assets(client):
@@ -136,6 +139,8 @@ def test_predict_statistics_are_hand_computed(client):
     r = resp.get_json()
     assert r["image_size"] == {"width": 32, "height": 32}
     assert r["mode"] == "resize" and r["model"] == "fake" and r["filename"] == "split.png"
+    assert r["prediction_size"] == {"width": 32, "height": 32} and r["downscaled"] is False
+    assert r["windows"] == 1
     assert isinstance(r["inference_ms"], float) and r["inference_ms"] >= 0
     by_id = {c["id"]: c for c in r["classes"]}
     assert by_id[0] == {"id": 0, "name": "background", "color": "#000000", "area_px": 0,
@@ -420,11 +425,17 @@ def test_inference_is_serialised_by_a_lock():
 def test_busy_server_answers_503():
     app = fake_app(busy_timeout=0.05)
     state = app.extensions["kseg"]
-    state.lock.acquire()
+    assert state.gate.acquire()  # someone else is using the model
     try:
-        assert_json_error(post(app.test_client(), png_bytes(split_image(8, 8, 3))), 503, "busy")
+        resp = post(app.test_client(), png_bytes(split_image(8, 8, 3)))
+        assert_json_error(resp, 503, "busy", "0.05 s")
+        assert int(resp.headers["Retry-After"]) >= 1
+        # bad files are still answered at once, without waiting for the model
+        assert_json_error(post(app.test_client(), b"not an image", "a.png"), 400, "not a supported image")
+        assert_json_error(post(app.test_client(), png_header_only(5000, 5000), "big.png"), 413, "5000x5000")
     finally:
-        state.lock.release()
+        state.gate.release()
+    assert post(app.test_client(), png_bytes(split_image(8, 8, 3))).status_code == 200
 
 
 def test_create_app_argument_errors(tmp_path):
@@ -432,6 +443,10 @@ def test_create_app_argument_errors(tmp_path):
         fake_app(max_upload_mb=0)
     with pytest.raises(KsegError, match="slide_above"):
         fake_app(slide_above=-5)
+    with pytest.raises(KsegError, match="max_tiles"):
+        fake_app(max_tiles=0)
+    with pytest.raises(KsegError, match="max_queue"):
+        fake_app(max_queue=-1)
     with pytest.raises(KsegError, match="weights_path"):
         create_app()
     with pytest.raises(KsegError, match="does not exist"):
@@ -490,6 +505,12 @@ def test_script_defaults_and_errors(tiny_experiment, tmp_path, monkeypatch):
     args = script.build_parser().parse_args(["--weights_path", "w"])
     assert args.host == "127.0.0.1" and args.port == 8000 and args.debug is False
     assert args.max_upload_mb == 20 and args.max_results == 100 and args.max_results_mb == 500
+    assert args.max_tiles == 64 and args.max_queue == 4 and args.busy_timeout == 120
+    args = script.build_parser().parse_args(["--max_tiles", "8", "--max_queue", "0", "--busy_timeout", "5"])
+    assert (args.max_tiles, args.max_queue, args.busy_timeout) == (8, 0, 5)
+    for bad in (["--max_tiles", "0"], ["--max_queue", "-1"], ["--busy_timeout", "0"]):
+        with pytest.raises(SystemExit):
+            script.build_parser().parse_args(bad)
     with pytest.raises(KsegError, match="does not exist"):
         script.main(["--weights_path", str(tmp_path / "missing")])
     with pytest.raises(KsegError, match="port"):

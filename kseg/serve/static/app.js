@@ -27,8 +27,13 @@
 
   function showResult(r) {
     const size = r.image_size.width + "\u00d7" + r.image_size.height;
+    let how = r.mode + " mode";
+    if (r.downscaled && r.prediction_size) {
+      how += " at a reduced size of " + r.prediction_size.width + "\u00d7" + r.prediction_size.height +
+        " (mask scaled back)";
+    }
     document.getElementById("meta").textContent =
-      (r.filename ? r.filename + ": " : "") + size + " pixels, " + r.mode + " mode, inference " +
+      (r.filename ? r.filename + ": " : "") + size + " pixels, " + how + ", inference " +
       r.inference_ms.toFixed(0) + " ms (model " + r.model + ")";
     for (const [id, url] of [["original", r.original_url], ["mask", r.mask_url], ["overlay", r.overlay_url]]) {
       const img = document.getElementById(id);
@@ -91,7 +96,10 @@
         body = { error: "the server answered " + resp.status + " " + resp.statusText };
       }
       if (!resp.ok) {
-        showError(body.error || "the server answered " + resp.status);
+        let message = body.error || "the server answered " + resp.status;
+        const retry = resp.headers.get("Retry-After");
+        if (resp.status === 503 && retry) message += " (retry in about " + retry + " s)";
+        showError(message);
       } else {
         showResult(body);
       }
