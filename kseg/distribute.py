@@ -379,8 +379,16 @@ class ReplicaScaledLoss(keras.losses.Loss):
         super().__init__(name=name or getattr(loss, "name", "loss"), reduction=reduction, dtype=dtype)
         self.loss = loss
 
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # the wrapped kseg loss applies sample_weight itself (kseg.losses, "Sample weights");
+        # Keras' Loss.__call__ would multiply the scalar by the weights once more
+        return self._scale(self.loss(y_true, y_pred, sample_weight=sample_weight))
+
     def call(self, y_true, y_pred):
-        value = self.loss(y_true, y_pred)
+        return self._scale(self.loss(y_true, y_pred))
+
+    @staticmethod
+    def _scale(value):
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 

@@ -55,6 +55,42 @@ mean over classes, weighted by ``class_weights`` when given):
 
 ``per_image=True`` computes a region loss per image and averages over the
 images that have at least one valid pixel.
+
+Sample weights (``loss(y_true, y_pred, sample_weight)``, ``model.fit(x, y,
+sample_weight=...)``):
+
+* Shapes: per image ``(B,)`` or ``(B, 1)``, per pixel ``(B, H, W)`` or
+  ``(B, H, W, 1)``; an image's weight is the weight of each of its pixels.
+  Weights must be >= 0. The loss applies them itself and returns the weighted
+  scalar (Keras does not multiply it again).
+* Every loss stays a weighted *mean*: weights are normalised by their sum (as
+  Keras' ``reduction="mean_with_sample_weight"``), not by the number of samples
+  (Keras' default ``"sum_over_batch_size"``, with which ``CategoricalCrossentropy``
+  gives half the first sample's loss for weights ``[1, 0]`` and ``c`` times the
+  loss for weights times ``c``). So: all-ones weights give exactly the unweighted
+  value; multiplying every weight by ``c > 0`` changes nothing; weights ``[1, 0]``
+  give the loss of a batch holding the first image alone; a pixel of weight 0 is
+  left out as if it held ``ignore_index``.
+* Pixel losses (``ce``, ``weighted_ce``, ``b_focal``, ``c_focal`` and the CE/BCE
+  terms of the combined losses) multiply each valid pixel's term by its weight
+  ``s_i`` and divide by the weighted count: ``ce = sum_i s_i w_{y_i} (-log
+  p_{i,y_i}) / sum_i s_i w_{y_i}``; ``b_focal`` and BCE divide by ``K sum_i s_i``
+  (``K`` channels), ``c_focal`` by ``sum_i s_i``. Per-image weights thus weight
+  the pixels of each image (images are pooled by pixels, as without weights).
+* Region losses (``dice``, ``jaccard``, ``tversky``, ``f_tversky``, ``g_dice``,
+  ``lovasz`` and the region terms of the combined losses) use weighted soft
+  counts: ``I_c = sum_i q_i y_ic p_ic``, ``Y_c = sum_i q_i y_ic``,
+  ``P_c = sum_i q_i p_ic`` with ``q_i = s_i / max_j s_j`` over the valid pixels of
+  the group (dividing by the largest weight keeps ``eps`` in pixel units and the
+  value independent of the weights' scale); ``lovasz`` is the Lovasz extension
+  of the weighted Jaccard loss (a pixel counts ``q_i`` in the intersection and
+  the union). Without ``per_image`` the group is the batch, so per-image weights
+  scale each image's share of the counts. With ``per_image=True`` each image's
+  loss ``L_b`` comes from its own weighted counts and the result is
+  ``sum_b m_b L_b / sum_b m_b`` over the images with valid pixels, ``m_b`` the
+  largest weight of the image's valid pixels: per-image weights ``w`` give
+  ``sum_b w_b L_b / sum_b w_b``.
+* A sum (``"ce+0.5*dice"``) weights each term as above and adds them.
 """
 
 import inspect
@@ -214,34 +250,116 @@ def _class_mean(score, w):
     return ops.sum(score * w, axis=-1) / ops.sum(w)
 
 
-def _group_mean(values, n_valid):
-    """Mean over groups (images, or the one batch group) that have valid pixels."""
-    has = ops.cast(n_valid > 0, "float32")
-    return ops.sum(values * has) / ops.maximum(ops.sum(has), 1.0)
+def _group_mean(values, n_valid, group_weights=None):
+    """Mean over groups (images, or the one batch group) that have valid pixels.
+
+    With ``group_weights`` (sample weights), the mean over those groups is weighted
+    by them (a group of weight 0 contributes nothing; all weights 0 gives 0).
+    """
+    if group_weights is None:
+        has = ops.cast(n_valid > 0, "float32")
+        return ops.sum(values * has) / ops.maximum(ops.sum(has), 1.0)
+    has = n_valid > 0
+    num = ops.sum(ops.where(has, values * group_weights, 0.0))
+    return _safe_div(num, ops.sum(ops.where(has, group_weights, 0.0)))
 
 
-def _region_stats(y, p, valid, per_image):
-    """``I = sum y p``, ``Y = sum y``, ``P = sum p`` per group and class, and valid counts."""
-    pv = p * valid[..., None]
-    inter = ops.sum(y * pv, axis=(1, 2))
-    ysum = ops.sum(y, axis=(1, 2))
-    psum = ops.sum(pv, axis=(1, 2))
-    n = ops.sum(valid, axis=(1, 2))
+def _region_weights(valid, sw, per_image):
+    """Pixel weights of the soft counts, and the weight of each group.
+
+    The pixel weights are the sample weights of the valid pixels divided by their
+    largest value in the group (so multiplying every weight by a constant changes
+    nothing, ``eps`` included); the group's weight is that largest value.
+    """
+    w = sw * valid
+    if per_image:
+        top = ops.max(w, axis=(1, 2), keepdims=True)
+        group = ops.reshape(top, (-1,))
+    else:
+        top = ops.max(w)
+        group = ops.reshape(top, (1,))
+    return _safe_div(w, top), group
+
+
+def _region_stats(y, p, valid, per_image, sw=None):
+    """``I = sum y p``, ``Y = sum y``, ``P = sum p`` per group and class, valid counts, and
+    the group weights (``None`` without sample weights).
+
+    With sample weights ``sw`` each valid pixel counts with its normalised weight
+    (:func:`_region_weights`) in ``I``, ``Y``, ``P`` and the valid count.
+    """
+    group = None
+    if sw is None:
+        pv = p * valid[..., None]
+        inter = ops.sum(y * pv, axis=(1, 2))
+        ysum = ops.sum(y, axis=(1, 2))
+        psum = ops.sum(pv, axis=(1, 2))
+        n = ops.sum(valid, axis=(1, 2))
+    else:
+        q, group = _region_weights(valid, sw, per_image)
+        pq = p * q[..., None]
+        inter = ops.sum(y * pq, axis=(1, 2))
+        ysum = ops.sum(y * q[..., None], axis=(1, 2))
+        psum = ops.sum(pq, axis=(1, 2))
+        n = ops.sum(q, axis=(1, 2))
     if not per_image:
         inter, ysum, psum = (ops.sum(a, axis=0, keepdims=True) for a in (inter, ysum, psum))
         n = ops.sum(n, axis=0, keepdims=True)
-    return inter, ysum, psum, n
+    return inter, ysum, psum, n, group
+
+
+def _pixel_weights(sample_weight, valid, loss_name):
+    """Keras' ``sample_weight`` as float32 pixel weights ``(B, H, W)`` (``None`` stays ``None``).
+
+    Per image ``(B,)`` or ``(B, 1)`` (each image's weight on all its pixels), or per
+    pixel ``(B, H, W)`` or ``(B, H, W, 1)``; a scalar applies to every pixel.
+    """
+    if sample_weight is None:
+        return None
+    sw = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+    try:
+        shape = tuple(sw.shape)
+    except ValueError:  # unknown rank: Keras' retraced train step after weights of other shapes
+        shape = None
+    if shape == ():
+        return ops.broadcast_to(sw, ops.shape(valid))
+    if shape is not None and not (
+        len(shape) in (1, 3)
+        or (len(shape) == 2 and shape[1] in (1, None))
+        or (len(shape) == 4 and shape[3] in (1, None))
+    ):
+        raise LossConfigError(
+            f"loss {loss_name!r}: sample_weight must be per image (B,) or (B, 1), or per pixel "
+            f"(B, H, W) or (B, H, W, 1); received shape {shape}"
+        )
+    # (B,) / (B, 1) -> (B, 1) and (B, H, W) / (B, H, W, 1) -> (B, H*W), then broadcast:
+    # works whether the rank and sizes are known when tracing or only when running
+    b, h, w = ops.shape(valid)
+    sw = ops.broadcast_to(ops.reshape(sw, (b, -1)), (b, h * w))
+    return ops.reshape(sw, (b, h, w))
+
+
+def _prepare(loss, y_true, y_pred, sample_weight):
+    """What ``keras.losses.Loss.__call__`` does before ``call`` (float inputs in the loss
+    dtype), then the targets, predictions and pixel weights of a kseg loss."""
+    y_pred = ops.convert_to_tensor(y_pred, dtype=loss.dtype)
+    y_true = ops.convert_to_tensor(y_true, dtype=loss.dtype)
+    y, valid = _targets(y_true, loss.n_classes, loss.ignore_index)
+    pred = _Pred(y_pred, loss.n_classes, loss.from_logits)
+    return y, valid, pred, _pixel_weights(sample_weight, valid, loss.name)
 
 
 # --------------------------------------------------------------------------------------
 # loss terms (functions of prepared tensors)
 
 
-def _ce_term(y, valid, pred, class_weights):
+def _ce_term(y, valid, pred, class_weights, sw=None):
     _, logp = pred.classes()
     nll = -ops.sum(y * logp, axis=-1)
     w = _weights(class_weights)
     wpix = valid if w is None else ops.sum(y * w, axis=-1)
+    if sw is not None:
+        wpix = wpix * sw
     return _safe_div(ops.sum(wpix * nll), ops.sum(wpix))
 
 
@@ -250,17 +368,21 @@ def _binary_y(y, pred):
     return y[..., 1:] if pred.binary else y
 
 
-def _bce_term(y, valid, pred):
+def _bce_term(y, valid, pred, sw=None):
     p, logp, log1mp = pred.channels()
     yb = _binary_y(y, pred)
+    if sw is not None:
+        valid = valid * sw  # pixel weights (zero on ignored pixels)
     per = -(yb * logp + (1.0 - yb) * log1mp) * valid[..., None]
     n = ops.sum(valid) * ops.cast(ops.shape(p)[-1], "float32")
     return _safe_div(ops.sum(per), n)
 
 
-def _b_focal_term(y, valid, pred, alpha, gamma):
+def _b_focal_term(y, valid, pred, alpha, gamma, sw=None):
     p, logp, log1mp = pred.channels()
     yb = _binary_y(y, pred)
+    if sw is not None:
+        valid = valid * sw
     per = -(
         alpha * yb * _safe_pow(1.0 - p, gamma) * logp
         + (1.0 - alpha) * (1.0 - yb) * _safe_pow(p, gamma) * log1mp
@@ -269,38 +391,40 @@ def _b_focal_term(y, valid, pred, alpha, gamma):
     return _safe_div(ops.sum(per), n)
 
 
-def _c_focal_term(y, valid, pred, alpha, gamma, class_weights):
+def _c_focal_term(y, valid, pred, alpha, gamma, class_weights, sw=None):
     p, logp = pred.classes()
     a = alpha if class_weights is None else _weights(class_weights)
     per = -ops.sum(a * y * _safe_pow(1.0 - p, gamma) * logp, axis=-1)
-    return _safe_div(ops.sum(per), ops.sum(valid))
+    if sw is None:
+        return _safe_div(ops.sum(per), ops.sum(valid))
+    return _safe_div(ops.sum(per * sw), ops.sum(valid * sw))
 
 
-def _dice_term(y, valid, pred, eps, per_image, class_weights):
+def _dice_term(y, valid, pred, eps, per_image, class_weights, sw=None):
     p, _ = pred.classes()
-    inter, ysum, psum, n = _region_stats(y, p, valid, per_image)
+    inter, ysum, psum, n, group = _region_stats(y, p, valid, per_image, sw)
     score = (2.0 * inter + eps) / (ysum + psum + eps)
-    return _group_mean(1.0 - _class_mean(score, _weights(class_weights)), n)
+    return _group_mean(1.0 - _class_mean(score, _weights(class_weights)), n, group)
 
 
-def _jaccard_term(y, valid, pred, eps, per_image, class_weights):
+def _jaccard_term(y, valid, pred, eps, per_image, class_weights, sw=None):
     p, _ = pred.classes()
-    inter, ysum, psum, n = _region_stats(y, p, valid, per_image)
+    inter, ysum, psum, n, group = _region_stats(y, p, valid, per_image, sw)
     score = (inter + eps) / (ysum + psum - inter + eps)
-    return _group_mean(1.0 - _class_mean(score, _weights(class_weights)), n)
+    return _group_mean(1.0 - _class_mean(score, _weights(class_weights)), n, group)
 
 
-def _tversky_index(y, valid, pred, alpha, beta, eps, per_image):
+def _tversky_index(y, valid, pred, alpha, beta, eps, per_image, sw=None):
     p, _ = pred.classes()
-    tp, ysum, psum, n = _region_stats(y, p, valid, per_image)
+    tp, ysum, psum, n, group = _region_stats(y, p, valid, per_image, sw)
     fp = psum - tp
     fn = ysum - tp
-    return (tp + eps) / (tp + alpha * fp + beta * fn + eps), n
+    return (tp + eps) / (tp + alpha * fp + beta * fn + eps), n, group
 
 
-def _g_dice_term(y, valid, pred, eps, per_image):
+def _g_dice_term(y, valid, pred, eps, per_image, sw=None):
     p, _ = pred.classes()
-    inter, ysum, psum, n = _region_stats(y, p, valid, per_image)
+    inter, ysum, psum, n, group = _region_stats(y, p, valid, per_image, sw)
     present = ysum > 0
     w = ops.where(present, 1.0 / ops.square(ops.where(present, ysum, 1.0)), 0.0)
     wmax = ops.max(w, axis=-1, keepdims=True)
@@ -309,29 +433,45 @@ def _g_dice_term(y, valid, pred, eps, per_image):
     w = w / ops.sum(w, axis=-1, keepdims=True)
     num = 2.0 * ops.sum(w * inter, axis=-1) + eps
     den = ops.sum(w * (ysum + psum), axis=-1) + eps
-    return _group_mean(1.0 - num / den, n)
+    return _group_mean(1.0 - num / den, n, group)
 
 
-def _lovasz_term(y, valid, pred, per_image):
+def _lovasz_term(y, valid, pred, per_image, sw=None):
     p, _ = pred.classes()
     k = ops.shape(p)[-1]
     err = ops.abs(y - p) * valid[..., None]
     groups = ops.shape(p)[0] if per_image else 1
-    err = ops.transpose(ops.reshape(err, (groups, -1, k)), (0, 2, 1))  # (G, K, N)
-    gt = ops.transpose(ops.reshape(y, (groups, -1, k)), (0, 2, 1))
+
+    def by_class(a):  # (B, H, W, K) -> (G, K, N)
+        return ops.transpose(ops.reshape(a, (groups, -1, k)), (0, 2, 1))
+
+    err = by_class(err)
+    gt = by_class(y)
     order = ops.argsort(-err, axis=-1)
     err = ops.take_along_axis(err, order, axis=-1)
     gt = ops.take_along_axis(gt, order, axis=-1)
-    gts = ops.sum(gt, axis=-1, keepdims=True)
-    inter = gts - ops.cumsum(gt, axis=-1)
-    union = gts + ops.cumsum(1.0 - gt, axis=-1)
-    jac = 1.0 - inter / ops.maximum(union, 1e-12)
+    group = None
+    if sw is None:
+        gts = ops.sum(gt, axis=-1, keepdims=True)
+        inter = gts - ops.cumsum(gt, axis=-1)
+        union = gts + ops.cumsum(1.0 - gt, axis=-1)
+        jac = 1.0 - inter / ops.maximum(union, 1e-12)
+    else:
+        # the Lovasz extension of the weighted Jaccard loss: each pixel counts with
+        # its normalised weight q in the intersection and the union
+        q, group = _region_weights(valid, sw, per_image)
+        q = ops.take_along_axis(by_class(ops.repeat(q[..., None], k, axis=-1)), order, axis=-1)
+        gq = gt * q
+        gts = ops.sum(gq, axis=-1, keepdims=True)
+        inter = gts - ops.cumsum(gq, axis=-1)
+        union = gts + ops.cumsum((1.0 - gt) * q, axis=-1)
+        jac = 1.0 - _safe_div(inter, union)
     grad = ops.concatenate([jac[..., :1], jac[..., 1:] - jac[..., :-1]], axis=-1)
     per_class = ops.sum(err * grad, axis=-1)  # (G, K)
     present = ops.cast(gts[..., 0] > 0, "float32")
     n_present = ops.sum(present, axis=-1)
     per_group = ops.sum(per_class * present, axis=-1) / ops.maximum(n_present, 1.0)
-    return _group_mean(per_group, n_present)
+    return _group_mean(per_group, n_present, group)
 
 
 # --------------------------------------------------------------------------------------
@@ -353,10 +493,15 @@ def _register(name):
 class SegmentationLoss(keras.losses.Loss):
     """Base class of the kseg losses: prepares targets and predictions, returns a scalar.
 
-    Subclasses implement ``compute(y, valid, pred)`` where ``y`` is the one-hot
-    target ``(B, H, W, K)`` (zero on ignored pixels), ``valid`` the ``(B, H, W)``
-    mask of counted pixels and ``pred`` the predictions in the views a loss needs.
-    The scalar is returned as is (Keras does not rescale a scalar loss).
+    Subclasses implement ``compute(y, valid, pred, sample_weight=None)`` where ``y``
+    is the one-hot target ``(B, H, W, K)`` (zero on ignored pixels), ``valid`` the
+    ``(B, H, W)`` mask of counted pixels, ``pred`` the predictions in the views a
+    loss needs and ``sample_weight`` ``None`` or the ``(B, H, W)`` pixel weights.
+    ``loss(y_true, y_pred, sample_weight=None)`` passes Keras' ``sample_weight``
+    (per image ``(B,)`` / ``(B, 1)``, per pixel ``(B, H, W)`` / ``(B, H, W, 1)``)
+    into the computation, so the scalar it returns is the weighted loss itself
+    (Keras never multiplies it); see "Sample weights" in :mod:`kseg.losses`.
+    Keras masks on ``y_pred`` are not used (use ``ignore_index`` or pixel weights).
 
     Args:
         n_classes: number of model output channels (1 = one sigmoid channel).
@@ -391,12 +536,18 @@ class SegmentationLoss(keras.losses.Loss):
                         names.append(p.name)
         return names
 
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        with keras.name_scope(self.name):
+            y, valid, pred, sw = _prepare(self, y_true, y_pred, sample_weight)
+            return ops.convert_to_tensor(self.compute(y, valid, pred, sw), dtype=self.dtype)
+
     def call(self, y_true, y_pred):
+        """The unweighted loss (what ``loss(y_true, y_pred)`` returns)."""
         y, valid = _targets(y_true, self.n_classes, self.ignore_index)
         pred = _Pred(y_pred, self.n_classes, self.from_logits)
         return self.compute(y, valid, pred)
 
-    def compute(self, y, valid, pred):
+    def compute(self, y, valid, pred, sample_weight=None):
         raise NotImplementedError
 
     def get_config(self):
@@ -438,8 +589,8 @@ class CrossEntropy(SegmentationLoss):
         super().__init__(n_classes, **kwargs)
         self.class_weights = _check_class_weights(class_weights, self.n_classes, self.loss_name)
 
-    def compute(self, y, valid, pred):
-        return _ce_term(y, valid, pred, self.class_weights)
+    def compute(self, y, valid, pred, sample_weight=None):
+        return _ce_term(y, valid, pred, self.class_weights, sample_weight)
 
 
 @_register("weighted_ce")
@@ -467,8 +618,8 @@ class BinaryFocalLoss(SegmentationLoss):
         self.alpha = float(alpha)
         self.gamma = float(gamma)
 
-    def compute(self, y, valid, pred):
-        return _b_focal_term(y, valid, pred, self.alpha, self.gamma)
+    def compute(self, y, valid, pred, sample_weight=None):
+        return _b_focal_term(y, valid, pred, self.alpha, self.gamma, sample_weight)
 
 
 @_register("c_focal")
@@ -485,24 +636,24 @@ class CategoricalFocalLoss(SegmentationLoss):
         self.gamma = float(gamma)
         self.class_weights = _check_class_weights(class_weights, self.n_classes, self.loss_name)
 
-    def compute(self, y, valid, pred):
-        return _c_focal_term(y, valid, pred, self.alpha, self.gamma, self.class_weights)
+    def compute(self, y, valid, pred, sample_weight=None):
+        return _c_focal_term(y, valid, pred, self.alpha, self.gamma, self.class_weights, sample_weight)
 
 
 @_register("dice")
 class DiceLoss(_RegionLoss):
     """Soft dice loss: ``1 - mean_c (2 I_c + eps) / (Y_c + P_c + eps)``."""
 
-    def compute(self, y, valid, pred):
-        return _dice_term(y, valid, pred, self.eps, self.per_image, self.class_weights)
+    def compute(self, y, valid, pred, sample_weight=None):
+        return _dice_term(y, valid, pred, self.eps, self.per_image, self.class_weights, sample_weight)
 
 
 @_register("jaccard")
 class JaccardLoss(_RegionLoss):
     """Soft Jaccard (IoU) loss: ``1 - mean_c (I_c + eps) / (Y_c + P_c - I_c + eps)``."""
 
-    def compute(self, y, valid, pred):
-        return _jaccard_term(y, valid, pred, self.eps, self.per_image, self.class_weights)
+    def compute(self, y, valid, pred, sample_weight=None):
+        return _jaccard_term(y, valid, pred, self.eps, self.per_image, self.class_weights, sample_weight)
 
 
 @_register("g_dice")
@@ -518,8 +669,8 @@ class GeneralizedDiceLoss(SegmentationLoss):
         self.eps = float(eps)
         self.per_image = bool(per_image)
 
-    def compute(self, y, valid, pred):
-        return _g_dice_term(y, valid, pred, self.eps, self.per_image)
+    def compute(self, y, valid, pred, sample_weight=None):
+        return _g_dice_term(y, valid, pred, self.eps, self.per_image, sample_weight)
 
 
 @_register("tversky")
@@ -535,9 +686,11 @@ class TverskyLoss(_RegionLoss):
         self.alpha = float(alpha)
         self.beta = float(beta)
 
-    def compute(self, y, valid, pred):
-        ti, n = _tversky_index(y, valid, pred, self.alpha, self.beta, self.eps, self.per_image)
-        return _group_mean(1.0 - _class_mean(ti, _weights(self.class_weights)), n)
+    def compute(self, y, valid, pred, sample_weight=None):
+        ti, n, group = _tversky_index(
+            y, valid, pred, self.alpha, self.beta, self.eps, self.per_image, sample_weight
+        )
+        return _group_mean(1.0 - _class_mean(ti, _weights(self.class_weights)), n, group)
 
 
 @_register("f_tversky")
@@ -550,18 +703,22 @@ class FocalTverskyLoss(_RegionLoss):
         self.beta = float(beta)
         self.gamma = float(gamma)
 
-    def compute(self, y, valid, pred):
-        ti, n = _tversky_index(y, valid, pred, self.alpha, self.beta, self.eps, self.per_image)
-        return _group_mean(_class_mean(_safe_pow(1.0 - ti, self.gamma), _weights(self.class_weights)), n)
+    def compute(self, y, valid, pred, sample_weight=None):
+        ti, n, group = _tversky_index(
+            y, valid, pred, self.alpha, self.beta, self.eps, self.per_image, sample_weight
+        )
+        return _group_mean(
+            _class_mean(_safe_pow(1.0 - ti, self.gamma), _weights(self.class_weights)), n, group
+        )
 
 
 @_register("bce_dice")
 class BCEDiceLoss(_RegionLoss):
     """Binary cross-entropy (per channel) + dice. ``class_weights`` weight the dice term."""
 
-    def compute(self, y, valid, pred):
-        return _bce_term(y, valid, pred) + _dice_term(
-            y, valid, pred, self.eps, self.per_image, self.class_weights
+    def compute(self, y, valid, pred, sample_weight=None):
+        return _bce_term(y, valid, pred, sample_weight) + _dice_term(
+            y, valid, pred, self.eps, self.per_image, self.class_weights, sample_weight
         )
 
 
@@ -569,9 +726,9 @@ class BCEDiceLoss(_RegionLoss):
 class CEDiceLoss(_RegionLoss):
     """Cross-entropy + dice. ``class_weights`` weight both terms."""
 
-    def compute(self, y, valid, pred):
-        return _ce_term(y, valid, pred, self.class_weights) + _dice_term(
-            y, valid, pred, self.eps, self.per_image, self.class_weights
+    def compute(self, y, valid, pred, sample_weight=None):
+        return _ce_term(y, valid, pred, self.class_weights, sample_weight) + _dice_term(
+            y, valid, pred, self.eps, self.per_image, self.class_weights, sample_weight
         )
 
 
@@ -579,9 +736,9 @@ class CEDiceLoss(_RegionLoss):
 class BCEJaccardLoss(_RegionLoss):
     """Binary cross-entropy (per channel) + Jaccard. ``class_weights`` weight the Jaccard term."""
 
-    def compute(self, y, valid, pred):
-        return _bce_term(y, valid, pred) + _jaccard_term(
-            y, valid, pred, self.eps, self.per_image, self.class_weights
+    def compute(self, y, valid, pred, sample_weight=None):
+        return _bce_term(y, valid, pred, sample_weight) + _jaccard_term(
+            y, valid, pred, self.eps, self.per_image, self.class_weights, sample_weight
         )
 
 
@@ -589,9 +746,9 @@ class BCEJaccardLoss(_RegionLoss):
 class CEJaccardLoss(_RegionLoss):
     """Cross-entropy + Jaccard. ``class_weights`` weight both terms."""
 
-    def compute(self, y, valid, pred):
-        return _ce_term(y, valid, pred, self.class_weights) + _jaccard_term(
-            y, valid, pred, self.eps, self.per_image, self.class_weights
+    def compute(self, y, valid, pred, sample_weight=None):
+        return _ce_term(y, valid, pred, self.class_weights, sample_weight) + _jaccard_term(
+            y, valid, pred, self.eps, self.per_image, self.class_weights, sample_weight
         )
 
 
@@ -609,8 +766,8 @@ class LovaszSoftmaxLoss(SegmentationLoss):
         super().__init__(n_classes, **kwargs)
         self.per_image = bool(per_image)
 
-    def compute(self, y, valid, pred):
-        return _lovasz_term(y, valid, pred, self.per_image)
+    def compute(self, y, valid, pred, sample_weight=None):
+        return _lovasz_term(y, valid, pred, self.per_image, sample_weight)
 
 
 # --------------------------------------------------------------------------------------
@@ -664,6 +821,9 @@ def _split_options(terms, options, spec):
 class CompositeLoss(keras.losses.Loss):
     """A weighted sum of kseg losses, e.g. ``"c_focal+0.5*dice"``.
 
+    ``loss(y_true, y_pred, sample_weight)`` gives every term the same sample
+    weights (see "Sample weights" in :mod:`kseg.losses`) and adds the weighted terms.
+
     Args:
         terms: list of ``(weight, loss_name, options)``.
         n_classes, ignore_index, from_logits: passed to every term.
@@ -693,12 +853,21 @@ class CompositeLoss(keras.losses.Loss):
             # keep the validated (plain Python) option values, so the config is JSON
             terms[i] = (w, n, {k: getattr(loss, k) for k in opts})
 
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        with keras.name_scope(self.name):
+            y, valid, pred, sw = _prepare(self, y_true, y_pred, sample_weight)
+            return ops.convert_to_tensor(self._total(y, valid, pred, sw), dtype=self.dtype)
+
     def call(self, y_true, y_pred):
+        """The unweighted loss (what ``loss(y_true, y_pred)`` returns)."""
         y, valid = _targets(y_true, self.n_classes, self.ignore_index)
         pred = _Pred(y_pred, self.n_classes, self.from_logits)
+        return self._total(y, valid, pred)
+
+    def _total(self, y, valid, pred, sample_weight=None):
         total = 0.0
         for (w, _, _), loss in zip(self.terms, self.losses):
-            total = total + w * loss.compute(y, valid, pred)
+            total = total + w * loss.compute(y, valid, pred, sample_weight)
         return total
 
     def get_config(self):
@@ -725,7 +894,9 @@ def get_loss(name, n_classes=2, **options):
             :class:`LossConfigError` naming it.
 
     Returns:
-        A ``keras.losses.Loss`` whose call returns a scalar.
+        A ``keras.losses.Loss`` returning a scalar; ``loss(y_true, y_pred,
+        sample_weight)`` takes per-image or per-pixel weights (see the module
+        docstring, "Sample weights").
 
     Raises:
         UnknownNameError: an unknown loss name (the message lists the valid ones).

@@ -284,6 +284,11 @@ def test_replica_scaled_loss_is_transparent_outside_a_strategy_and_serializable(
     back = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(wrapped))
     assert isinstance(back, ReplicaScaledLoss) and type(back.loss) is type(inner)
     assert float(back(y, p)) == pytest.approx(want, rel=1e-5)
+    # sample weights reach the wrapped loss once (not multiplied again by Keras)
+    y2, p2 = np.concatenate([y, y[:, :, ::-1]]), np.concatenate([p, p])
+    other = -(np.log(0.25) + np.log(0.2)) / 2  # image 2: labels swapped, by hand
+    assert float(wrapped(y2, p2, sample_weight=np.array([1.0, 1.0]))) == pytest.approx((want + other) / 2, rel=1e-5)
+    assert float(wrapped(y2, p2, sample_weight=np.array([1.0, 0.0]))) == pytest.approx(want, rel=1e-5)
     # wrapped only for several tf.distribute replicas
     assert loss_for_distribution(inner, Distribution()) is inner
     assert loss_for_distribution(inner, Distribution("jax_data_parallel", None, 2)) is inner
