@@ -132,6 +132,8 @@ def test_parity_and_calibration_inputs_are_what_the_predictor_feeds(tmp_path, im
 
 def test_compat_patches_exist_only_inside_their_context():
     import tf2onnx.graph
+    import tf2onnx.optimizer
+    import tf2onnx.tf_loader
     import tf2onnx.tfonnx
     from keras import ops as public_ops
     from keras.src import ops as src_ops
@@ -144,7 +146,10 @@ def test_compat_patches_exist_only_inside_their_context():
                 "public_resize": public_ops.image.resize,
                 "fold": tf2onnx.tfonnx.rewrite_constant_fold,
                 "value_attr": tf2onnx.graph.Node.__dict__["get_value_attr"],
-                "np_object": "object" in vars(np)}
+                "np_object": "object" in vars(np),
+                "update_proto": tf2onnx.graph.Node.__dict__["update_proto"],
+                "optimize_graph": tf2onnx.optimizer.optimize_graph,
+                "freeze": tf2onnx.tf_loader.from_function}
 
     before = state()
     with compat.export_friendly_ops():
@@ -164,10 +169,18 @@ def test_compat_patches_exist_only_inside_their_context():
         assert inside["argmax"] is before["argmax"]
     assert state() == before
 
+    low_memory = ("update_proto", "optimize_graph", "freeze")
+    with compat.tf2onnx_low_memory():
+        inside = state()
+        assert all(inside[k] is not before[k] for k in low_memory)
+        assert all(inside[k] is before[k] for k in before if k not in low_memory)
+    assert state() == before
+
     # restored also when the block raises, and when the contexts are nested
     with pytest.raises(RuntimeError, match="boom"):
-        with compat.tf2onnx_numpy2(), compat.export_friendly_ops():
+        with compat.tf2onnx_numpy2(), compat.tf2onnx_low_memory(), compat.export_friendly_ops():
             assert tfnp.argmax is not before["argmax"] and "object" in vars(np)
+            assert tf2onnx.optimizer.optimize_graph is not before["optimize_graph"]
             raise RuntimeError("boom")
     assert state() == before
 
