@@ -19,7 +19,7 @@ with one-line errors.
 
 import importlib
 import importlib.abc
-import importlib.util
+import importlib.machinery
 import sys
 
 __version__ = "0.1.0"
@@ -67,21 +67,40 @@ def register_keras_objects():
 
 
 class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
-    """Runs :func:`register_keras_objects` right after ``import keras`` completes, so
-    that ``import kseg`` stays light and still lets Keras deserialise kseg's files."""
+    """Runs :func:`register_keras_objects` once Keras is imported, so that ``import kseg``
+    stays light and still lets Keras deserialise kseg's files.
+
+    When a kseg module is what imports Keras, the registration waits until that module
+    (and every kseg module being imported with it) has finished, so the modules it
+    imports never meet a half-initialised one.
+    """
+
+    def __init__(self):
+        self.depth = 0  # kseg modules being executed right now
+        self.pending = False
 
     def find_spec(self, name, path=None, target=None):
-        if name != "keras":
+        is_kseg = name.startswith("kseg.")
+        if name != "keras" and not is_kseg:
             return None
-        sys.meta_path.remove(self)  # once; the normal finders locate keras itself
-        spec = importlib.util.find_spec("keras")
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
-        exec_keras = spec.loader.exec_module
+        run = spec.loader.exec_module
 
         def exec_module(module):
-            exec_keras(module)
-            register_keras_objects()
+            self.depth += is_kseg
+            try:
+                run(module)
+            finally:
+                self.depth -= is_kseg
+            if name == "keras":
+                self.pending = True
+            if self.pending and self.depth == 0:
+                self.pending = False
+                if self in sys.meta_path:
+                    sys.meta_path.remove(self)
+                register_keras_objects()
 
         spec.loader.exec_module = exec_module
         return spec

@@ -518,23 +518,16 @@ def dataset_n_classes(path):
     return len(DUBAI_COLORS)
 
 
-def pipeline_speed(pairs, size=(512, 512), batch_size=8, epochs=3, training=True, augment=True,
-                   python_label_decoder=None):
+def pipeline_speed(pairs, size=(512, 512), batch_size=8, epochs=3, training=True, augment=True):
     """Images/s that :func:`kseg.data.pipeline.make_dataset` delivers, with no model.
 
     The first batch (pipeline start-up) is not timed; ``epochs`` passes over
-    ``pairs`` are. ``python_label_decoder=None`` asks the data scan, as training does.
-    Returns ``{"images_per_s", "images", "seconds", "label_decoder"}``.
+    ``pairs`` are. Every file is decoded by :mod:`kseg.data.io`, as in training.
+    Returns ``{"images_per_s", "images", "seconds", "decoder"}``.
     """
     from kseg.data.pipeline import make_dataset
 
-    if python_label_decoder is None:
-        from PIL import Image
-
-        with Image.open(pairs[0][1]) as im:
-            python_label_decoder = im.mode != "L"
-    ds = make_dataset(pairs, size, batch_size, training=training, augment=augment,
-                      python_label_decoder=python_label_decoder, repeat=True, seed=None)
+    ds = make_dataset(pairs, size, batch_size, training=training, augment=augment, repeat=True, seed=None)
     it = iter(ds)
     next(it)
     n_batches = max(1, epochs * len(pairs) // batch_size)
@@ -545,7 +538,7 @@ def pipeline_speed(pairs, size=(512, 512), batch_size=8, epochs=3, training=True
         n += int(x.shape[0])
     dt = time.perf_counter() - t0
     return {"images_per_s": round(n / dt, 2), "images": n, "seconds": round(dt, 6),
-            "label_decoder": "PIL (palette PNG)" if python_label_decoder else "tf.io.decode_png"}
+            "decoder": "kseg.data.io (Pillow)"}
 
 
 # --------------------------------------------------------------------------------------
@@ -588,7 +581,7 @@ def rss_over_epochs(cfg):
     pairs = [tuple(p) for p in cfg["pairs"]]
     # kseg: one repeated iterator with fixed-length epochs, as kseg.training.train;
     # baseline: a fresh iterator every epoch, as a plain fit(dataset) does
-    ds = make_dataset(pairs, (h, w), b, training=True, python_label_decoder=True, seed=0, repeat=impl == "kseg")
+    ds = make_dataset(pairs, (h, w), b, training=True, seed=0, repeat=impl == "kseg")
     steps = max(1, len(pairs) // b) if impl == "kseg" else None
     rss = []
 
@@ -641,7 +634,7 @@ def _main(argv):
         configure_threads(cfg.get("intra_threads", 0), cfg.get("inter_threads", 0))
         pairs = [tuple(p) for p in cfg["pairs"]]
         kw = dict(size=tuple(cfg.get("size", (512, 512))), batch_size=int(cfg.get("batch_size", 8)),
-                  epochs=int(cfg.get("epochs", 3)), python_label_decoder=cfg.get("python_label_decoder"))
+                  epochs=int(cfg.get("epochs", 3)))
         out = pipeline_speed(pairs, training=True, augment=True, **kw)  # what training reads
         out["images_per_s_eval"] = pipeline_speed(pairs, training=False, augment=False, **kw)["images_per_s"]
         out["load_avg"] = load_avg()

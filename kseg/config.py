@@ -26,6 +26,9 @@ IGNORE_INDEX = 255
 #: Largest label value kseg accepts: labels are stored as 8- or 16-bit PNGs.
 MAX_LABEL_VALUE = 65535
 
+#: Most classes a model or dataset may have: one label value per class (0 .. MAX_LABEL_VALUE).
+MAX_CLASSES = MAX_LABEL_VALUE + 1
+
 #: Network input size used when neither the flags nor the dataset name one.
 DEFAULT_INPUT_SIZE = 256
 
@@ -93,6 +96,15 @@ def as_positive_float(v, name="value"):
 
 def as_non_negative_float(v, name="value"):
     return _as_number(v, name, float, 0.0, False, "a number >= 0")
+
+
+def as_n_classes(v, name="n_classes"):
+    """A number of classes: a positive integer of at most :data:`MAX_CLASSES` (labels are 16-bit)."""
+    n = as_positive_int(v, name)
+    if n > MAX_CLASSES:
+        raise ConfigError(f"{name}: expected a number of classes from 1 to {MAX_CLASSES} (label values are "
+                          f"at most {MAX_LABEL_VALUE}, 16-bit), got {v!r}")
+    return n
 
 
 def as_fraction(v, name="value"):
@@ -163,7 +175,7 @@ class TrainConfig:
                                          "when missing)", group="data")
     data_dir: str = _field("data", "folder holding the datasets", group="data")
     n_classes: int = _field(None, "number of classes (default: from the dataset's dataset.json / classes.txt)",
-                            group="data", check=_opt(as_positive_int))
+                            group="data", check=_opt(as_n_classes))
     input_height: int = _field(None, "network input height (default: the dataset's suggested size, else 256)",
                                group="data", check=_opt(as_positive_int))
     input_width: int = _field(None, "network input width (default: as --input_height)", group="data",
@@ -344,7 +356,8 @@ class ExperimentConfig:
     created: str = ""
 
     def __post_init__(self):
-        for name in ("n_classes", "input_height", "input_width"):
+        self.n_classes = as_n_classes(self.n_classes, "config.json n_classes")
+        for name in ("input_height", "input_width"):
             setattr(self, name, as_positive_int(getattr(self, name), f"config.json {name}"))
         if self.image_init not in IMAGE_INITS:
             raise ConfigError(f"config.json image_init {self.image_init!r}: expected one of {', '.join(IMAGE_INITS)}")

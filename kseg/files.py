@@ -2,6 +2,10 @@
 
 * :func:`atomic_path` -- write a file under a temporary name, rename it into place.
 * :class:`StagedDir` -- build a folder in a hidden staging folder, rename it into place.
+* :func:`current_umask`, :func:`set_default_mode` -- the temporary names are made private
+  (``mkstemp``: 0600, ``mkdtemp``: 0700); what is renamed into place gets the mode an
+  ordinary ``open``/``mkdir`` would give it (``0666``/``0777`` less the umask).
+* :func:`check_child_name` -- a name (``--exp_name``) that must stay one folder below its parent.
 
 The bottom of the house with :mod:`kseg.config` and :mod:`kseg.errors`: it imports
 nothing else from kseg.
@@ -11,17 +15,67 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import tempfile
+import threading
 
-from kseg.errors import DataError
+from kseg.errors import ConfigError, DataError
 
 #: Prefix of the hidden staging folders (left only by a killed process; safe to delete).
 STAGING_PREFIX = ".kseg-staging-"
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def _proc_umask():
+    """The umask from ``/proc/self/status`` (Linux 4.7+), or None where it cannot be read."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def current_umask():
+    """The process umask, read without changing it where the system allows.
+
+    Linux reports it in ``/proc/self/status``; elsewhere it is read with ``os.umask``
+    (set, then restored at once, under a lock so that two kseg threads never see the
+    temporary value; a file another thread creates in that instant gets at most the
+    mode ``0o077`` allows, never a wider one).
+    """
+    mask = _proc_umask()
+    if mask is not None:
+        return mask
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def set_default_mode(path, umask=None):
+    """Give ``path`` the mode a plain ``open`` (``0o666``) or ``mkdir`` (``0o777``) would give
+    it under the umask (``0o644`` / ``0o755`` for the usual ``022``), which the private
+    temporary files of ``mkstemp`` (0600) and folders of ``mkdtemp`` (0700) lack.
+    A link or a missing path is left alone."""
+    if os.path.islink(path) or not os.path.exists(path):
+        return
+    umask = current_umask() if umask is None else umask
+    base = 0o777 if stat.S_ISDIR(os.stat(path).st_mode) else 0o666
+    os.chmod(path, base & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    The file renamed into place has the mode the umask gives new files (``0o644``
+    under ``022``), not ``mkstemp``'s private ``0o600``.
+    """
     folder = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(folder, exist_ok=True)
     base, ext = os.path.splitext(os.path.basename(path))
@@ -29,6 +83,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield tmp
+        set_default_mode(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -40,7 +95,13 @@ def non_empty_dir(path):
 
 
 def replace_dir(src, dst):
-    """Move folder ``src`` onto ``dst``; an existing ``dst`` is removed after the move."""
+    """Move folder ``src`` onto ``dst``; an existing ``dst`` is removed after the move.
+
+    ``src`` (a staging folder, made private by ``mkdtemp``) first gets the mode the umask
+    gives new folders (:func:`set_default_mode`), so the published folder is as readable
+    as one made with ``mkdir``.
+    """
+    set_default_mode(src)
     if os.path.lexists(dst):
         trash = tempfile.mkdtemp(prefix=STAGING_PREFIX + "old-", dir=os.path.dirname(dst))
         os.replace(dst, os.path.join(trash, "old"))
@@ -81,6 +142,8 @@ class StagedDir:
         return False
 
 
+
+
 #: What :func:`atomic_path` names its temporary files: ``.<stem>.<8 random chars>.tmp<ext>``.
 _PARTIAL_WRITE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[^.]+)?$")
 
@@ -88,6 +151,31 @@ _PARTIAL_WRITE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[^.]+)?$")
 def is_partial_write(name):
     """True for the name of a temporary file :func:`atomic_path` left behind (a killed write)."""
     return bool(_PARTIAL_WRITE.match(name))
+
+
+def check_child_name(name, what="name"):
+    """``name`` if it names one entry directly inside a folder (an experiment under
+    ``--train_save_path``), else a one-line :class:`ConfigError`.
+
+    Refused: a non-text or empty name, ``.`` and ``..``, a name with a path separator
+    (``/`` or ``\\``, so also an absolute path and ``../x``), a drive (``C:x``) or a NUL.
+    """
+    problem = None
+    if not isinstance(name, str):
+        problem = "is not a name"
+    elif not name.strip():
+        problem = "is empty"
+    elif name in (".", ".."):
+        problem = "names the folder itself or its parent"
+    elif "/" in name or "\\" in name or (os.altsep and os.altsep in name) or os.path.isabs(name):
+        problem = "contains a path separator"
+    elif os.path.splitdrive(name)[0]:
+        problem = "names a drive"
+    elif "\0" in name:
+        problem = "contains a NUL character"
+    if problem:
+        raise ConfigError(f"{what} {name!r} {problem}; give a plain name for a folder directly inside its parent")
+    return name
 
 
 def missing_dirs(path):

@@ -96,10 +96,11 @@ def progress(items, what, total=None, stream=None, enabled=None):
 
 
 def step(message, stream=None, enabled=None):
-    """Announce one long step that has no count (a conversion, a check) on stderr."""
+    """Announce one long step that has no count (a conversion, a check) on stdout, with
+    the command's other reports (stderr keeps to warnings and the one-line error)."""
     if enabled is None:
         enabled = os.environ.get(ENV_PROGRESS, "1") not in ("0", "")
     if enabled:
-        stream = stream if stream is not None else sys.stderr
+        stream = stream if stream is not None else sys.stdout
         stream.write(message + " ...\n")
         stream.flush()

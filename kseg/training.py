@@ -40,11 +40,10 @@ from kseg.config import (
     TrainConfig,
     label_values,
 )
-from kseg.data.dataset import load_dataset_info, scan_pairs
-from kseg.files import atomic_path
+from kseg.data.dataset import check_training_data, resolve_dataset
+from kseg.files import atomic_path, check_child_name
 from kseg.data.palette import palette_for
 from kseg.data.preprocess import check_image_init, check_resize_op
-from kseg.data.sample import SAMPLE_NAME, ensure_sample_dataset
 from kseg.data.stats import class_weights as compute_class_weights
 from kseg.data.stats import parse_class_weights
 from kseg.distribute import (
@@ -62,7 +61,7 @@ from kseg.losses import get_loss
 from kseg.optim import compile_model, make_optimizer, make_schedule
 from kseg.metrics import ClassIoU
 from kseg.models import get_model, model_spec
-from kseg.models.registry import check_input_size
+from kseg.models.registry import check_input_size, parse_model_options
 
 #: Options that say how long or how loudly to run, not what to train: a resumed run
 #: may change them freely. Every other option is part of the recipe and is restored.
@@ -178,6 +177,8 @@ def _restore_recipe(cfg, folder, explicit):
     refused (one line listing every difference): resuming continues the same run.
     """
     saved = X.read_config(folder).train_config()
+    if "model_option" in explicit:  # compare typed values: use_bn=no is the recorded false
+        cfg = cfg.replace(model_option=parse_model_options(cfg.model_name, cfg.model_option))
     changed = [k for k in sorted(explicit) if k not in RUN_CONTROL and getattr(cfg, k) != getattr(saved, k)]
     diffs = [f"--{k} {getattr(cfg, k)!r} (experiment: {getattr(saved, k)!r})" for k in changed]
     if diffs and not cfg.allow_recipe_change:
@@ -192,24 +193,6 @@ def _restore_recipe(cfg, folder, explicit):
                          train_save_path=os.path.dirname(os.path.normpath(folder)) or ".")
 
 
-#: Options that together say how long to train: one given keeps the dataset's others out.
-BUDGET = ("epochs", "iterations")
-
-
-def apply_dataset_defaults(cfg, suggested, explicit):
-    """``cfg`` with the dataset's suggested options (dataset.json "train") where none was given.
-
-    Given options (recipe, file, flags) win; a resumed run keeps its recorded recipe
-    and takes a suggestion only for an option it never resolved (``None``).
-    """
-    given = set(explicit)
-    if given & set(BUDGET):
-        given |= set(BUDGET)
-    take = {k: v for k, v in suggested.items()
-            if k not in given and (not cfg.resume or getattr(cfg, k) is None)}
-    return cfg.replace(**take) if take else cfg
-
-
 def prepare(config, explicit=None):
     """Step 1: resolve folder, dataset, classes and sizes; check every name and option.
 
@@ -218,6 +201,8 @@ def prepare(config, explicit=None):
     """
     cfg = config
     explicit = explicit_options(cfg) if explicit is None else set(explicit)
+    if cfg.exp_name is not None:
+        check_child_name(cfg.exp_name, "--exp_name")
     init_weights, changes = None, ()
     if isinstance(cfg.resume, str):
         folder, init_weights = _resume_target(cfg.resume)
@@ -249,17 +234,9 @@ def prepare(config, explicit=None):
     check_image_init(cfg.image_init)
     check_resize_op(cfg.resize_op)
     spec = model_spec(cfg.model_name)  # unknown model -> error listing names
-    root = os.path.join(cfg.data_dir, cfg.dataset_name)
-    if cfg.dataset_name == SAMPLE_NAME and not os.path.exists(root):
-        ensure_sample_dataset(root)
-    info = load_dataset_info(root)
-    cfg = apply_dataset_defaults(cfg, info.train, explicit)
-    n_classes = cfg.n_classes or (len(info.classes) if info.classes else None)
-    if n_classes is None:
-        raise DataError(
-            f"the number of classes is unknown for {root} (no dataset.json or classes.txt); pass --n_classes"
-        )
-    ignore_index = cfg.ignore_index if cfg.ignore_index is not None else info.ignore_index
+    # options typed as the builder's defaults (base_filters=abc fails here, before any data)
+    cfg = cfg.replace(model_option=parse_model_options(cfg.model_name, cfg.model_option))
+    cfg, root, info, n_classes, ignore_index = resolve_dataset(cfg, explicit)
     h = cfg.input_height or (info.input_size[0] if info.input_size else DEFAULT_INPUT_SIZE)
     w = cfg.input_width or (cfg.input_height or (info.input_size[1] if info.input_size else DEFAULT_INPUT_SIZE))
     try:  # the size rule of the model with these options (a U-Net of depth=3 takes multiples of 8)
@@ -280,23 +257,15 @@ def prepare(config, explicit=None):
 
 
 def make_data(plan):
-    """Step 2: check the label files, resolve class weights, build the ``tf.data`` pipelines."""
+    """Step 2: check every pair (decoded once; :func:`kseg.data.dataset.check_training_data`
+    remembers a check the command ran before TensorFlow started), resolve class weights,
+    build the ``tf.data`` pipelines."""
     from kseg.data.pipeline import make_dataset
 
     cfg, info, dist = plan.config, plan.info, plan.dist
     n_classes, ignore_index, (h, w) = plan.n_classes, plan.ignore_index, plan.input_size
-    train_pairs = info.pairs("train")
-    print(f"checking {len(train_pairs)} training pairs in {plan.root} ...", flush=True)
-    scan = scan_pairs(train_pairs, n_classes, ignore_index)
-    val_split = None
-    if cfg.validate:
-        val_split = "val" if info.has_split("val") else ("test" if info.has_split("test") else None)
-        if val_split is None:
-            print("warning: no val or test split with labels; training without validation", file=sys.stderr)
-        elif val_split == "test":
-            print("note: no val split; the test split is used for validation and model selection")
-    val_pairs = info.pairs(val_split) if val_split else []
-    vscan = scan_pairs(val_pairs, n_classes, ignore_index) if val_pairs else None
+    data = check_training_data(plan.root, info, n_classes, ignore_index, cfg.validate)
+    scan, val_split, train_pairs, val_pairs = data.train_scan, data.val_split, data.train_pairs, data.val_pairs
 
     class_weights = plan.class_weights
     if isinstance(class_weights, str):  # "auto" / "enet": from the training labels' statistics
@@ -306,11 +275,10 @@ def make_data(plan):
 
     train_kw = dict(training=True, image_init=cfg.image_init, resize_op=cfg.resize_op,
                     ignore_index=ignore_index, augment=cfg.augment is not False,
-                    python_label_decoder=scan.needs_python_decoder, cache=cfg.cache, seed=cfg.seed,
+                    cache=cfg.cache, seed=cfg.seed,
                     crops=cfg.train_crops)
     val_kw = dict(training=False, image_init=cfg.image_init, resize_op=cfg.resize_op,
-                  ignore_index=ignore_index, python_label_decoder=vscan.needs_python_decoder if vscan else True,
-                  cache=cfg.cache, crops=cfg.train_crops)
+                  ignore_index=ignore_index, cache=cfg.cache, crops=cfg.train_crops)
     per_image = max(1, cfg.train_crops)  # training samples per image and epoch
     global_batch = dist.global_batch_size(cfg.train_batch_size)
     val_global_batch = dist.global_batch_size(cfg.val_batch_size)
@@ -521,7 +489,12 @@ def fit(plan, model, callbacks, monitor, backup):
                       callbacks=callbacks, verbose=verbose, shuffle=False)
     except Exception as e:  # decoding errors inside tf.data surface here
         if type(e).__name__ in ("InvalidArgumentError", "UnknownError", "NotFoundError"):
-            first = str(e).strip().splitlines()[0][:300]
+            lines = str(e).strip().splitlines()
+            # the reader's own message (a file broken after the scan) names the file
+            ours = [ln.split("DataError: ", 1)[1] for ln in lines if "DataError: " in ln]
+            if ours:
+                raise DataError(ours[0].strip()[:400]) from None
+            first = lines[0][:300] if lines else type(e).__name__
             raise DataError(
                 f"reading the data failed during training ({first}); run kseg doctor on "
                 f"{plan.root} to find the bad file"

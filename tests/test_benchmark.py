@@ -140,7 +140,7 @@ def test_pipeline_speed_counts_what_it_timed(tiny_dataset):
     r = B.pipeline_speed(pairs, (32, 32), batch_size=4, epochs=2)
     assert r["images"] == 2 * 16  # two passes over 16 images, 4 per batch
     assert r["images_per_s"] == pytest.approx(r["images"] / r["seconds"], rel=0.02)
-    assert r["label_decoder"] == "PIL (palette PNG)"  # kseg writes palette PNG labels
+    assert r["decoder"] == "kseg.data.io (Pillow)"  # the one reader of training, scan and doctor
 
 
 def test_rss_over_epochs_reports_every_epoch(tiny_dataset):

@@ -182,3 +182,32 @@ def test_train_restores_the_global_dtype_policy(tmp_path, tiny_dataset, capsys):
                                            "--mixed_precision"), capsys)
     assert code == 2
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_a_data_error_is_reported_before_tensorflow_starts(tmp_path):
+    """kseg train checks every pair before it imports TensorFlow: a bad file is one line at once."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from kseg.data.sample import generate_sample_dataset
+
+    root = tmp_path / "data" / "bad"
+    generate_sample_dataset(str(root), splits={"train": 8, "val": 2, "test": 2})
+    bad = root / "train_image" / "train_0003.png"
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated
+    code = ("import sys\n"
+            "from kseg.cli.common import run_main\n"
+            "from kseg.cli.train import main\n"
+            "try:\n"
+            f"    run_main(main, ['--data_dir', {str(root.parent)!r}, '--dataset_name', 'bad',\n"
+            f"                    '--train_save_path', {str(tmp_path / 'w')!r}], prog='kseg train')\n"
+            "except SystemExit as e:\n"
+            "    print('exit', e.code, 'tensorflow' in sys.modules, 'keras' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=REPO))
+    assert r.stdout.strip().splitlines()[-1] == "exit 2 False False", (r.stdout, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and "train_0003.png" in r.stderr, r.stderr
+    assert not (tmp_path / "w").exists()
+    shutil.rmtree(root)

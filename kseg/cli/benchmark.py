@@ -32,7 +32,7 @@ def build_parser():
     p.add_argument("--input_height", type=cli.positive_int, default=224)
     p.add_argument("--input_width", type=cli.positive_int, default=None, help="default: as --input_height")
     p.add_argument("--batch_size", type=cli.positive_int, default=4, help="training batch size")
-    p.add_argument("--n_classes", type=cli.positive_int, default=2)
+    p.add_argument("--n_classes", type=cli.n_classes, default=2)
     p.add_argument("--steps", type=cli.positive_int, default=10, help="timed training steps (median taken)")
     p.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
     p.add_argument("--infer_runs", type=cli.positive_int, default=20, help="timed batch-1 predictions")
@@ -132,11 +132,14 @@ def main(argv=None):
     models = _models(args.model_name)
     opts = dict(args.model_option)
     from kseg.models import model_spec
-    from kseg.models.registry import check_input_size
+    from kseg.models.registry import check_input_size, parse_model_options
 
     for m in models:
         s = model_spec(m)
         check_input_size(m, args.input_height, width, s.divisor, s.min_size)
+        typed = parse_model_options(m, opts)  # a wrong option or type is one line here, not in a subprocess
+    if len(models) == 1:
+        opts = typed  # typed values for the plain Keras baseline too
     baseline = args.baseline == "on" or (args.baseline == "auto" and "unet" in models)
     date = datetime.datetime.now().isoformat(timespec="seconds")
     machine = machine_info()

@@ -69,6 +69,8 @@ def _argtype(check):
 positive_int = _argtype(config.as_positive_int)
 non_negative_int = _argtype(config.as_non_negative_int)
 positive_float = _argtype(config.as_positive_float)
+#: ``--n_classes``: 1 .. config.MAX_CLASSES (labels are at most 16-bit)
+n_classes = _argtype(config.as_n_classes)
 
 
 def key_value(v):
@@ -76,6 +78,8 @@ def key_value(v):
     if "=" not in v:
         raise argparse.ArgumentTypeError(f"expected key=value, got {v!r}")
     k, val = v.split("=", 1)
+    if not k.strip():
+        raise argparse.ArgumentTypeError(f"expected key=value with a key, got {v!r}")
     try:
         val = json.loads(val)
     except ValueError:

@@ -23,7 +23,7 @@ import sys
 
 from kseg.cli.common import make_parser, run_main
 from kseg.config import IGNORE_INDEX
-from kseg.data.color_tables import color_hex, load_class_table
+from kseg.data.color_tables import NAMED_TABLES, color_hex, load_class_table
 from kseg.data.colors import (
     convert_color_dataset,
     convert_color_folder,
@@ -37,13 +37,16 @@ from kseg.data.layout import parse_split
 from kseg.data.stats import BINARY_FOREGROUND
 
 
+#: Help of --table: every name load_class_table accepts (one list, kseg.data.color_tables.NAMED_TABLES).
+TABLE_HELP = f"class->colour table: a named palette ({', '.join(NAMED_TABLES)}) or a .json/.csv/.txt file"
+
+
 def build_parser():
     p = make_parser(__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, table_required=True):
-        sp.add_argument("--table", required=table_required,
-                        help="class->colour table: voc, camvid, camvid11, or a .json/.csv/.txt file")
+        sp.add_argument("--table", required=table_required, help=TABLE_HELP)
         sp.add_argument("--ignore_index", type=int, default=None,
                         help=f"value for ignored/unknown colours ({IGNORE_INDEX})")
         sp.add_argument("--overwrite", action="store_true", help="replace existing output")
@@ -78,7 +81,7 @@ def build_parser():
     r.add_argument("--overwrite", action="store_true", help="replace existing output")
 
     s = sub.add_parser("table", help="print a class table")
-    s.add_argument("--table", required=True)
+    s.add_argument("--table", required=True, help=TABLE_HELP)
     s.add_argument("--ignore_index", type=int, default=None)
     return p
 

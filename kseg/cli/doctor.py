@@ -14,6 +14,7 @@ import os
 
 
 from kseg.cli.common import make_parser, run_main
+from kseg.cli.common import n_classes as n_classes_arg
 from kseg.config import IGNORE_INDEX
 from kseg.data.doctor import check_dataset
 from kseg.files import atomic_path
@@ -24,7 +25,7 @@ def build_parser():
     p.add_argument("dataset", nargs="?", help="dataset folder, e.g. data/labelme_demo")
     p.add_argument("--dataset_name", help="alternative to the positional path: <data_dir>/<dataset_name>")
     p.add_argument("--data_dir", default="data", help="parent folder for --dataset_name (default: data)")
-    p.add_argument("--n_classes", type=int, default=None, help="number of classes (default: from classes.txt)")
+    p.add_argument("--n_classes", type=n_classes_arg, default=None, help="number of classes (default: from classes.txt)")
     p.add_argument("--ignore_index", type=int, default=None,
                    help=f"ignore value (default: dataset.json or {IGNORE_INDEX})")
     p.add_argument("--weights_split", default="train", help="split used for the class weights (default train)")

@@ -17,7 +17,7 @@ def build_parser():
     p = cli.make_parser(__doc__)
     p.add_argument("--pred_dir", required=True, help="predicted masks (class-index PNGs)")
     p.add_argument("--gt_dir", required=True, help="ground-truth masks (class-index PNGs)")
-    p.add_argument("--n_classes", type=cli.positive_int, required=True,
+    p.add_argument("--n_classes", type=cli.n_classes, required=True,
                    help="number of classes (1 = binary: a 2x2 matrix)")
     p.add_argument("--ignore_index", type=int, default=IGNORE_INDEX,
                    help="ground-truth value left out of every score (-1: none)")

@@ -62,7 +62,7 @@ def build_parser():
                    help="benchmark an untrained registry model (default arguments) instead of --weights_path")
     g.add_argument("--model_option", type=cli.key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="extra builder argument for --model_name, repeatable")
-    g.add_argument("--n_classes", type=cli.positive_int, default=2, help="classes of the --model_name model")
+    g.add_argument("--n_classes", type=cli.n_classes, default=2, help="classes of the --model_name model")
     g.add_argument("--input_height", type=cli.positive_int, default=None,
                    help="benchmark input height (default: the experiment's, else 256)")
     g.add_argument("--input_width", type=cli.positive_int, default=None,

@@ -53,6 +53,11 @@ def main(argv=None):
         print(format_recipe_list())
         return 0
     config, explicit = resolve_options(args)
+    if not config.resume:  # data errors in seconds, before TensorFlow starts (resume: its recorded data)
+        from kseg.data.dataset import check_training_data, resolve_dataset
+
+        _, root, info, n_classes, ignore_index = resolve_dataset(config, explicit)
+        check_training_data(root, info, n_classes, ignore_index, config.validate)
     cli.start_engine(config.verbose)
     from kseg.training import train
 

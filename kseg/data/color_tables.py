@@ -417,9 +417,12 @@ def load_class_table(spec, ignore_index=None):
     """
     if spec is None:
         raise DataError(f"no class table given; pass --table with a JSON/CSV file or one of: {', '.join(NAMED_TABLES)}")
+    spec = str(spec)
+    if _table_key(spec) in _NAMED_KEYS:
+        # a named palette, even where a file or folder of that name exists here (e.g. the
+        # output folder "dubai"): a table file needs a .json/.csv/.txt name, which no name has
+        return named_table(spec, IGNORE_INDEX if ignore_index is None else ignore_index)
     if not os.path.exists(spec):
-        if _table_key(spec) in _NAMED_KEYS:
-            return named_table(spec, IGNORE_INDEX if ignore_index is None else ignore_index)
         raise DataError(
             f"class table {spec!r} is neither a file nor a named palette ({', '.join(NAMED_TABLES)}); check the path"
         )

@@ -7,14 +7,18 @@ class name per line); both are read by :func:`kseg.data.layout.read_class_files`
 the one reader of the folder contract.
 """
 
+import collections
+import contextlib
 import dataclasses
+import itertools
 import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from PIL import Image
 
 from kseg.config import IGNORE_INDEX, TrainConfig, label_values
-from kseg.data.io import pair_by_stem, read_label  # noqa: F401 (pair_by_stem re-exported)
+from kseg.data.io import decode_label, pair_by_stem, read_image  # noqa: F401 (pair_by_stem re-exported)
 from kseg.data.layout import read_class_files, split_dir
 from kseg.data.palette import palette_for  # noqa: F401 (re-exported for training)
 from kseg.data.stats import LabelCounter, is_binary_255
@@ -100,6 +104,100 @@ def dataset_train_options(meta, where):
     return opts
 
 
+#: Options that together say how long to train: one given keeps the dataset's others out.
+BUDGET = ("epochs", "iterations")
+
+
+def apply_dataset_defaults(cfg, suggested, explicit):
+    """``cfg`` with the dataset's suggested options (dataset.json "train") where none was given.
+
+    Given options (recipe, file, flags) win; a resumed run keeps its recorded recipe
+    and takes a suggestion only for an option it never resolved (``None``).
+    """
+    given = set(explicit)
+    if given & set(BUDGET):
+        given |= set(BUDGET)
+    take = {k: v for k, v in suggested.items()
+            if k not in given and (not cfg.resume or getattr(cfg, k) is None)}
+    return cfg.replace(**take) if take else cfg
+
+
+def resolve_dataset(cfg, explicit):
+    """The dataset of a :class:`TrainConfig`, without TensorFlow.
+
+    Generates the built-in sample when it is asked for and missing, reads the folder's
+    class files, applies its suggested options (:func:`apply_dataset_defaults`).
+    Returns ``(config, root, info, n_classes, ignore_index)``.
+    """
+    from kseg.data.sample import SAMPLE_NAME, ensure_sample_dataset
+
+    root = os.path.join(cfg.data_dir, cfg.dataset_name)
+    if cfg.dataset_name == SAMPLE_NAME and not os.path.exists(root):
+        ensure_sample_dataset(root)
+    info = load_dataset_info(root)
+    cfg = apply_dataset_defaults(cfg, info.train, explicit)
+    n_classes = cfg.n_classes or (len(info.classes) if info.classes else None)
+    if n_classes is None:
+        raise DataError(f"the number of classes is unknown for {root} (no dataset.json or classes.txt); "
+                        "pass --n_classes")
+    ignore_index = cfg.ignore_index if cfg.ignore_index is not None else info.ignore_index
+    return cfg, root, info, n_classes, ignore_index
+
+
+@dataclasses.dataclass
+class DataCheck:
+    """What :func:`check_training_data` found: the pairs of training and validation and their scans."""
+
+    train_pairs: list
+    train_scan: object
+    val_split: str
+    val_pairs: list
+    val_scan: object
+
+
+_CHECKED = {}  # the last check: key -> DataCheck
+
+
+def _fingerprint(pairs):
+    out = []
+    for pair in pairs:
+        for path in pair:
+            try:
+                st = os.stat(path)
+                out.append((path, st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append((path, None, None))
+    return tuple(out)
+
+
+def check_training_data(root, info, n_classes, ignore_index, validate=True):
+    """Scan the training pairs and the validation pairs (the val split, else test) the way
+    training reads them (:func:`scan_pairs`); one-line :class:`DataError` for the first
+    bad file. Needs no TensorFlow, so ``kseg train`` runs it before TensorFlow starts;
+    the result is remembered (same files, sizes and times), so training does not decode
+    everything a second time.
+    """
+    train_pairs = info.pairs("train")
+    val_split = None
+    if validate:
+        val_split = "val" if info.has_split("val") else ("test" if info.has_split("test") else None)
+    val_pairs = info.pairs(val_split) if val_split else []
+    key = (os.path.abspath(root), n_classes, ignore_index, val_split,
+           _fingerprint(train_pairs), _fingerprint(val_pairs))
+    if key in _CHECKED:
+        return _CHECKED[key]
+    print(f"checking {len(train_pairs)} training pairs in {root} ...", flush=True)
+    scan = scan_pairs(train_pairs, n_classes, ignore_index)
+    if validate and val_split is None:
+        print("warning: no val or test split with labels; training without validation", file=sys.stderr)
+    elif val_split == "test":
+        print("note: no val split; the test split is used for validation and model selection")
+    vscan = scan_pairs(val_pairs, n_classes, ignore_index) if val_pairs else None
+    _CHECKED.clear()
+    _CHECKED[key] = DataCheck(train_pairs, scan, val_split, val_pairs, vscan)
+    return _CHECKED[key]
+
+
 @dataclasses.dataclass
 class ScanResult:
     pairs: list
@@ -107,48 +205,47 @@ class ScanResult:
     class_images: np.ndarray  # images containing the class
     ignored_pixels: int
     label_modes: set
-    needs_python_decoder: bool  # palette / 16-bit labels that tf.io cannot read as indices
     stats: object = None  # the kseg.data.stats.ClassStats of the labels (for class weights)
 
 
-def scan_pairs(pairs, n_classes, ignore_index=IGNORE_INDEX, check_images=True):
-    """Validate every pair and count class pixels.
+def scan_pairs(pairs, n_classes, ignore_index=IGNORE_INDEX, check_images=True, workers=None):
+    """Decode every pair as training will, check it, and count class pixels.
 
-    Checks that each image can be opened, that image and label sizes agree,
-    and that every label value is a class index (< ``label_values(n_classes)``)
-    or the ignore value. Raises :class:`DataError` naming the first bad file and
-    the fix. ``result.stats`` (:class:`kseg.data.stats.ClassStats`) gives the
-    class weights (:func:`kseg.data.stats.class_weights`).
+    Every image and label is fully decoded by :mod:`kseg.data.io` -- the readers the
+    training pipeline decodes with -- so a file that training could not read (missing,
+    empty, truncated, corrupt, a format or pixel type kseg does not read) fails here,
+    before any training, with the reader's one-line :class:`DataError` naming the file.
+    Then: image and label sizes agree, and every label value is a class index
+    (< ``label_values(n_classes)``) or the ignore value. Raises :class:`DataError` for
+    the first bad pair (in ``pairs`` order) with the fix. ``result.stats``
+    (:class:`kseg.data.stats.ClassStats`) gives the class weights
+    (:func:`kseg.data.stats.class_weights`). Needs no TensorFlow; files are decoded by
+    ``workers`` threads (default: up to 8, one per CPU).
     """
     k = label_values(n_classes)
     counter = LabelCounter(ignore_index)
     modes = set()
-    needs_py = False
     binary_255 = 0
-    for img_path, lab_path in pairs:
-        size = _image_size(img_path) if check_images else None
-        lab = read_label(lab_path)
-        with Image.open(lab_path) as lim:
-            modes.add(lim.mode)
-            if lim.mode not in ("L",):
-                needs_py = True
-        if size is not None and (lab.shape[1], lab.shape[0]) != tuple(size):
-            raise DataError(
-                f"size mismatch: image {img_path} is {size[0]}x{size[1]} but label {lab_path} is "
-                f"{lab.shape[1]}x{lab.shape[0]}; labels must have their image's size"
-            )
-        try:
-            present = np.flatnonzero(counter.add(lab))
-        except DataError as e:
-            raise DataError(f"label {lab_path}: {e}") from None
-        bad = [int(v) for v in present if v >= k and v != ignore_index]
-        if bad:
-            raise DataError(
-                f"label {lab_path} contains value {bad[0]} but n_classes is {n_classes} "
-                f"(valid: 0..{k - 1}, {ignore_index} = ignore); pass --n_classes "
-                f"{bad[-1] + 1} or fix the label"
-            )
-        binary_255 += is_binary_255(present, ignore_index)
+    with contextlib.closing(_decoded(pairs, check_images, workers)) as decoded:
+        for (img_path, lab_path), (hw, lab, mode) in zip(pairs, decoded):
+            modes.add(mode)
+            if hw is not None and lab.shape != hw:
+                raise DataError(
+                    f"size mismatch: image {img_path} is {hw[1]}x{hw[0]} but label {lab_path} is "
+                    f"{lab.shape[1]}x{lab.shape[0]}; labels must have their image's size"
+                )
+            try:
+                present = np.flatnonzero(counter.add(lab))
+            except DataError as e:
+                raise DataError(f"label {lab_path}: {e}") from None
+            bad = [int(v) for v in present if v >= k and v != ignore_index]
+            if bad:
+                raise DataError(
+                    f"label {lab_path} contains value {bad[0]} but n_classes is {n_classes} "
+                    f"(valid: 0..{k - 1}, {ignore_index} = ignore); pass --n_classes "
+                    f"{bad[-1] + 1} or fix the label"
+                )
+            binary_255 += is_binary_255(present, ignore_index)
     if pairs and binary_255 == len(pairs):
         raise DataError(
             f"every label in {os.path.dirname(pairs[0][1])} holds only 0 and {ignore_index}, but "
@@ -156,17 +253,38 @@ def scan_pairs(pairs, n_classes, ignore_index=IGNORE_INDEX, check_images=True):
             "(python scripts/check_dataset.py explains how) or pass --ignore_index -1"
         )
     stats = counter.stats(n_classes)
-    return ScanResult(list(pairs), stats.pixels, stats.images, stats.ignored, modes, needs_py, stats)
+    return ScanResult(list(pairs), stats.pixels, stats.images, stats.ignored, modes, stats)
 
 
-def _image_size(img_path):
+def _read_pair(pair, check_images):
+    """``(image (h, w) or None, label array, label mode)`` of one pair, decoded by kseg.data.io."""
+    img_path, lab_path = pair
+    hw = read_image(img_path).shape[:2] if check_images else None
+    lab, mode = decode_label(lab_path)
+    return hw, lab, mode
+
+
+def _decoded(pairs, check_images, workers=None):
+    """:func:`_read_pair` of every pair, in order, decoded ahead by a few threads.
+
+    At most ``2 * workers`` decoded pairs wait at a time, so memory stays bounded
+    on large datasets; the first error (in order) is raised when its pair is reached.
+    """
+    workers = int(workers or min(8, os.cpu_count() or 1))
+    if workers <= 1 or len(pairs) < 2:
+        for p in pairs:
+            yield _read_pair(p, check_images)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="kseg-scan")
     try:
-        with Image.open(img_path) as im:
-            size = im.size
-            im.verify()
-    except Exception as e:
-        raise DataError(
-            f"cannot read image {img_path} ({type(e).__name__}): the file is corrupt or "
-            "not an image; replace or remove it (and its label)"
-        ) from None
-    return size
+        todo = iter(pairs)
+        pending = collections.deque(pool.submit(_read_pair, p, check_images)
+                                    for p in itertools.islice(todo, 2 * workers))
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(pool.submit(_read_pair, nxt, check_images))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -10,8 +10,10 @@ or silently go wrong. It runs these named checks, in order, each adding
 * :func:`check_layout` -- the ``<split>_image`` / ``<split>_label`` folders;
 * :func:`check_pairing` -- images and labels paired by stem (missing, duplicate,
   JPEG labels, foreign files);
-* :func:`scan_files` + :func:`check_readability` -- every image and label decoded,
-  sizes agree, colour (RGB) labels, all-ignore labels;
+* :func:`scan_files` + :func:`check_readability` -- every image and label decoded
+  by :mod:`kseg.data.io`, the readers training's scan and ``tf.data`` pipeline use
+  (so the doctor, the scan and training always agree on which files are bad, with
+  the same message), sizes agree, colour (RGB) labels, all-ignore labels;
 * :func:`check_label_values` -- 0/255 binary masks, values out of range,
   the number of classes when no class file names it;
 * :func:`check_class_statistics` -- per-class pixels, absent classes, the
@@ -25,7 +27,6 @@ import hashlib
 import os
 
 import numpy as np
-from PIL import Image
 
 from kseg.config import IGNORE_INDEX, label_values
 from kseg.data.io import read_image, read_label
@@ -39,6 +40,9 @@ from kseg.data.layout import (
 from kseg.data.stats import LabelCounter, enet_weights, is_binary_255, median_frequency_weights
 from kseg.errors import DataError
 from kseg.files import STAGING_PREFIX
+
+#: What kseg.data.io.read_label says of a colour-coded label (reported as ``rgb_label``).
+_COLOUR_LABEL = "is a colour (RGB) mask"
 
 
 class Issue:
@@ -361,6 +365,7 @@ class FileScan:
     unreadable_images: list = dataclasses.field(default_factory=list)
     unreadable_labels: list = dataclasses.field(default_factory=list)
     rgb_labels: list = dataclasses.field(default_factory=list)
+    reasons: dict = dataclasses.field(default_factory=dict)  # path -> the reader's one-line message
     mismatches: list = dataclasses.field(default_factory=list)  # (image, label, image hw, label hw)
     all_ignore: list = dataclasses.field(default_factory=list)
     hashes: dict = dataclasses.field(default_factory=dict)  # md5 of the pixels -> [(split, image)]
@@ -377,14 +382,16 @@ def scan_files(report, pairs):
             img = _scan_image(scan, split, ip)
             try:
                 lbl = read_label(lp)
-            except DataError:
-                (scan.rgb_labels if _label_is_colour(lp) else scan.unreadable_labels).append(lp)
+            except DataError as e:
+                scan.reasons[lp] = str(e)
+                (scan.rgb_labels if _COLOUR_LABEL in str(e) else scan.unreadable_labels).append(lp)
                 continue
             if img is not None and img.shape[:2] != lbl.shape:
                 scan.mismatches.append((ip, lp, img.shape[:2], lbl.shape))
             try:
                 counts = counter.add(lbl)
-            except DataError:  # negative values
+            except DataError as e:  # negative values
+                scan.reasons[lp] = f"label {lp}: {e}"
                 scan.unreadable_labels.append(lp)
                 continue
             ign = report.ignore_index
@@ -400,7 +407,8 @@ def scan_files(report, pairs):
 def _scan_image(scan, split, path):
     try:
         img = read_image(path)
-    except DataError:
+    except DataError as e:
+        scan.reasons[path] = str(e)
         scan.unreadable_images.append(path)
         return None
     h = hashlib.md5()
@@ -413,21 +421,12 @@ def _scan_image(scan, split, path):
 
 def check_readability(report, scan):
     """Undecodable images/labels, colour labels, size mismatches (errors); all-ignore labels (warning)."""
-    if scan.unreadable_images:
-        files = scan.unreadable_images
-        report.add("error", "unreadable_image",
-                   f"{len(files)} image(s) cannot be decoded ({_examples(files)}); replace or remove them", files)
-    if scan.unreadable_labels:
-        files = scan.unreadable_labels
-        report.add("error", "unreadable_label",
-                   f"{len(files)} label(s) cannot be read as class indices ({_examples(files)}); "
-                   "replace or remove them", files)
-    if scan.rgb_labels:
-        files = scan.rgb_labels
-        report.add("error", "rgb_label",
-                   f"{len(files)} label(s) are colour (RGB) masks, not class indices ({_examples(files)}); "
-                   "convert them with: python scripts/convert_colors.py to-index --input <label dir> "
-                   "--output <new dir> --table <classes.json|voc|camvid>", files)
+    for code, files, what in (("unreadable_image", scan.unreadable_images, "image(s) cannot be decoded"),
+                              ("unreadable_label", scan.unreadable_labels, "label(s) cannot be read as class indices"),
+                              ("rgb_label", scan.rgb_labels, "label(s) are colour (RGB) masks")):
+        if files:  # the reader's own message (what training's scan says) for the first file
+            more = f" ({len(files) - 1} more {what}: {_examples(files[1:])})" if len(files) > 1 else ""
+            report.add("error", code, scan.reasons[files[0]] + more, files)
     if scan.mismatches:
         ip, lp, si, sl = scan.mismatches[0]
         report.add("error", "size_mismatch",
@@ -562,14 +561,6 @@ def _examples(paths, n=3):
     return ", ".join(names) + (" ..." if len(paths) > n else "")
 
 
-def _label_is_colour(path):
-    try:
-        with Image.open(path) as im:
-            return im.mode in ("RGB", "RGBA")
-    except Exception:
-        return False
-
-
 def _list_folder(folder, allowed, report, kind, split):
     """Files of ``folder`` by stem; reports duplicates, JPEG labels and foreign files."""
     by_stem, dups, foreign, jpeg_labels = {}, [], [], []
@@ -615,10 +606,3 @@ def _list_folder(folder, allowed, report, kind, split):
             [p for d in dups for p in d],
         )
     return by_stem
-
-
-def _examples(paths, n=3):
-    names = [os.path.basename(p) for p in paths[:n]]
-    return ", ".join(names) + (" ..." if len(paths) > n else "")
-
-

@@ -44,7 +44,7 @@ import re
 
 import numpy as np
 
-from kseg.config import IGNORE_INDEX
+from kseg.config import IGNORE_INDEX, MAX_CLASSES, MAX_LABEL_VALUE
 from kseg.data.palette import voc_palette
 from kseg.errors import DataError
 from kseg.files import atomic_path
@@ -191,6 +191,10 @@ def class_names_from_lines(lines, source):
         raise DataError(
             f"{source}: {BACKGROUND_NAME} must be the first class (after {IGNORE_NAME}); unlabelled pixels are class 0"
         )
+    if len(names) > MAX_CLASSES:
+        raise DataError(
+            f"{source} lists {len(names)} classes; at most {MAX_CLASSES} are possible (label values are 16-bit)"
+        )
     return names
 
 
@@ -219,10 +223,82 @@ def _json_class_names(obj, source):
     names = obj.get("classes") if isinstance(obj, dict) else obj
     if names is None and isinstance(obj, dict):
         return None
-    if not isinstance(names, list):
-        raise DataError(f"{source}: 'classes' must be a list of names; fix the file")
-    flat = [n["name"] if isinstance(n, dict) and "name" in n else n for n in names]
+    problem = _field_problem("classes", names)
+    if problem:
+        raise DataError(f"{source}: {problem}")
+    flat = [n["name"] if isinstance(n, dict) else n for n in names]
     return class_names_from_lines(flat, source)
+
+
+# --------------------------------------------------------------------------------------
+# The fields of dataset.json and their types
+# --------------------------------------------------------------------------------------
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_color(v):
+    return isinstance(v, list) and len(v) == 3 and all(_is_int(c) and 0 <= c <= 255 for c in v)
+
+
+def _is_class_name(v):
+    return isinstance(v, str) or (isinstance(v, dict) and isinstance(v.get("name"), str))
+
+
+#: Every field of ``dataset.json`` kseg defines: ``name -> (expected type in words, test)``.
+#: ``null`` counts as absent; other fields (a tool's own notes) are kept unread. The
+#: options inside ``"train"`` are checked by :func:`kseg.data.dataset.dataset_train_options`.
+META_FIELDS = {
+    "classes": ('a list of class names (text, or {"name": text} objects)',
+                lambda v: isinstance(v, list) and all(_is_class_name(n) for n in v)),
+    "palette": ("a list of [r, g, b] colours, each three integers 0-255",
+                lambda v: isinstance(v, list) and all(_is_color(c) for c in v)),
+    "ignore_index": (f"an integer from 0 to {MAX_LABEL_VALUE} (or -1: none)",
+                     lambda v: _is_int(v) and -1 <= v <= MAX_LABEL_VALUE),
+    "input_size": ("[height, width], two positive integers",
+                   lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) and x > 0 for x in v)),
+    "epochs": ("a positive integer", lambda v: _is_int(v) and v > 0),
+    "augment": ("true or false", lambda v: isinstance(v, bool)),
+    "train": ("an object of training options", lambda v: isinstance(v, dict)),
+    "name": ("text", lambda v: isinstance(v, str)),
+    "description": ("text", lambda v: isinstance(v, str)),
+    "source": ("text", lambda v: isinstance(v, str)),
+    "version": ("an integer", _is_int),
+    "seed": ("an integer", _is_int),
+    "ignore_colors": ('a list of colours ("#rrggbb" or [r, g, b])',
+                      lambda v: isinstance(v, list) and all(isinstance(c, str) or _is_color(c) for c in v)),
+    "category_ids": ("text", lambda v: isinstance(v, str)),
+    "coco_category_to_class": ("an object", lambda v: isinstance(v, dict)),
+}
+
+
+def _shown(value, limit=60):
+    text = json.dumps(value) if not isinstance(value, (set, tuple)) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _field_problem(key, value):
+    """``'"<key>" must be <type>, not <value>; fix the file'`` when ``value`` is not of the
+    field's type, else None (``null`` and unknown fields are never a problem)."""
+    if value is None or key not in META_FIELDS:
+        return None
+    what, ok = META_FIELDS[key]
+    if ok(value):
+        return None
+    return f'"{key}" must be {what}, not {_shown(value)}; fix the file'
+
+
+def check_meta_fields(meta, path):
+    """Problems of a parsed ``dataset.json`` object, one line each naming ``path``, the field
+    and the expected type; ``[]`` when every field has its type (:data:`META_FIELDS`)."""
+    out = []
+    for key in META_FIELDS:
+        problem = _field_problem(key, meta.get(key))
+        if problem:
+            out.append((key, f"{path}: {problem}"))
+    return out
 
 
 def read_class_file(path):
@@ -290,6 +366,11 @@ def read_class_files(folder, strict=True):
     meta = attempt(lambda: _read_meta(js)) if os.path.isfile(js) else None
     if meta is None:
         return out
+    bad = check_meta_fields(meta, js)
+    if bad and strict:
+        raise DataError(bad[0][1])
+    out.problems.extend(msg for _, msg in bad)
+    meta = {k: v for k, v in meta.items() if k not in {key for key, _ in bad}}  # the doctor reads the rest
     out.meta = meta
     names = attempt(lambda: _json_class_names(meta, js))
     if names is not None:
@@ -314,10 +395,10 @@ def _meta_ignore_index(meta, path):
     value = meta.get("ignore_index")
     if value is None:
         return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise DataError(f"{path}: ignore_index {value!r} is not an integer; fix it") from None
+    problem = _field_problem("ignore_index", value)
+    if problem:
+        raise DataError(f"{path}: {problem}")
+    return int(value)
 
 
 # --------------------------------------------------------------------------------------

@@ -2,37 +2,48 @@
 
 Decoding runs in parallel (``AUTOTUNE``), the file list is reshuffled every
 epoch, batches are prefetched, and the whole dataset is never held in memory
-(unless ``cache=True``). Labels are decoded as class indices: 8-bit grey PNGs
-by ``tf.io.decode_png``; palette and 16-bit PNGs (which TensorFlow would expand
-to colours or rescale) through PIL.
+(unless ``cache=True``). Every image and label is decoded by THE readers of
+:mod:`kseg.data.io` (:func:`~kseg.data.io.read_image`,
+:func:`~kseg.data.io.read_label`, Pillow) through ``tf.numpy_function``: the
+same function the training scan and the dataset doctor decode with, so a file
+the scan accepts is one this pipeline reads, to the same pixels (``tf.io``
+decoders would differ: no TIFF, palette labels expanded to colours, 16-bit
+labels rescaled, other failures on corrupt files). Pillow decodes without the
+Python lock, so the parallel map decodes on several cores.
 """
 
 import numpy as np
 import tensorflow as tf
 
 from kseg.config import IGNORE_INDEX
-from kseg.data.io import read_label
+from kseg.data.io import read_image, read_label
 from kseg.data.preprocess import IMAGENET_MEAN_RGB, check_image_init, check_resize_op
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+def _path(path):
+    return path.decode("utf-8") if isinstance(path, bytes) else str(path)
+
+
+def _py_read_image(path):
+    return read_image(_path(path))
+
+
+def _py_read_label(path):
+    return read_label(_path(path)).astype(np.int32)
+
+
 def _decode_image(path):
-    data = tf.io.read_file(path)
-    img = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    """An image file as ``uint8 (H, W, 3)``, by :func:`kseg.data.io.read_image`."""
+    img = tf.numpy_function(_py_read_image, [path], tf.uint8, stateful=False)
     img.set_shape([None, None, 3])
     return img
 
 
-def _py_read_label(path):
-    return read_label(path.decode("utf-8") if isinstance(path, bytes) else str(path)).astype(np.int32)
-
-
-def _decode_label(path, python_decoder):
-    if python_decoder:
-        lab = tf.numpy_function(_py_read_label, [path], tf.int32, stateful=False)
-    else:
-        lab = tf.cast(tf.io.decode_png(tf.io.read_file(path), channels=1)[..., 0], tf.int32)
+def _decode_label(path):
+    """A label file as ``int32 (H, W)`` class indices, by :func:`kseg.data.io.read_label`."""
+    lab = tf.numpy_function(_py_read_label, [path], tf.int32, stateful=False)
     lab.set_shape([None, None])
     return lab
 
@@ -134,7 +145,6 @@ def make_dataset(
     image_init="divide",
     resize_op=1,
     ignore_index=IGNORE_INDEX,
-    python_label_decoder=True,
     augment=True,
     cache=False,
     seed=None,
@@ -152,7 +162,6 @@ def make_dataset(
         image_init: ``divide`` | ``sub_and_divide`` | ``sub_mean``.
         resize_op: 1 resize, 2 letterbox.
         ignore_index: label value for padding and ignored pixels.
-        python_label_decoder: read labels with PIL (palette / 16-bit PNGs).
         cache: keep decoded, resized pairs in memory after the first epoch.
         seed: shuffle/augmentation seed.
         drop_remainder: drop the last partial batch (default: when training).
@@ -180,7 +189,7 @@ def make_dataset(
 
     def load(ip, lp):
         img = tf_normalize(_decode_image(ip), image_init)
-        lab = _decode_label(lp, python_label_decoder)
+        lab = _decode_label(lp)
         if crops:
             if not training:
                 return tf_center_crop(img, lab, size, ignore_index)

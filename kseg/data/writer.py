@@ -21,7 +21,7 @@ from kseg.data.layout import (
     write_class_files,
 )
 from kseg.errors import DataError
-from kseg.files import STAGING_PREFIX, non_empty_dir, replace_dir
+from kseg.files import STAGING_PREFIX, non_empty_dir, replace_dir, set_default_mode
 
 
 class DatasetWriter:
@@ -135,6 +135,7 @@ class DatasetWriter:
             names, palette, ignore_index, extra = self.classes
             write_class_files(self.stage, names, palette, ignore_index, extra)
         if self._fresh:
+            set_default_mode(self.stage)  # else mkdtemp's private 0700 stays on the dataset folder
             os.replace(self.stage, self.root)
         else:
             for s in self.splits:

@@ -7,7 +7,6 @@ check never leaves a file where a deployed model is expected.
 """
 
 import os
-import sys
 
 from kseg.config import ExperimentConfig
 from kseg.errors import ExportError
@@ -78,7 +77,7 @@ def export_keras_model(model, fmt, output, config, *, opset=DEFAULT_OPSET, dynam
     metadata = _metadata(config, shape, precision)
     gone = remove_stale_temporaries(final)
     if gone:
-        print(f"removed what a killed export left: {', '.join(sorted(gone))}", file=sys.stderr)
+        print(f"removed what a killed export left: {', '.join(sorted(gone))}")
     tmp = temporary_path(final, is_dir=fmt == "savedmodel")
     note = ""
     try:

@@ -16,9 +16,9 @@ import tempfile
 
 import numpy as np
 
-from kseg.compat import export_friendly_ops, tf2onnx_numpy2
+from kseg.compat import export_friendly_ops, tf2onnx_low_memory, tf2onnx_numpy2
 from kseg.errors import ExportError
-from kseg.files import is_partial_write
+from kseg.files import is_partial_write, set_default_mode
 from kseg.runtime import INPUT_NAME, OUTPUT_NAME, SIGNATURE_KEY, first_line, is_delegate_error, quiet_stderr
 from kseg.runtime import tflite_interpreter
 
@@ -123,7 +123,8 @@ def to_onnx(model, path, shape, opset=DEFAULT_OPSET, fp16=False, metadata=None):
         raise ExportError(f"--opset {opset} is not supported; use {MIN_OPSET}..{max_opset} (default {DEFAULT_OPSET})")
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     handlers = {op: (onnx_resize_handler, []) for op in ("ResizeBilinear", "ResizeNearestNeighbor")}
-    with tf2onnx_numpy2(), export_friendly_ops():  # numpy>=2 fixes for tf2onnx; traceable Keras ops
+    # numpy>=2 fixes for tf2onnx; bounded tf2onnx memory; traceable Keras ops
+    with tf2onnx_numpy2(), tf2onnx_low_memory(), export_friendly_ops():
         fn, spec = _serving_function(model, shape)
         try:
             proto, _ = tf2onnx.convert.from_function(fn, input_signature=[spec], opset=int(opset),
@@ -318,9 +319,7 @@ def replace(tmp, final):
         elif old:
             os.remove(old)
     else:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp files are private; an exported model is not
+        set_default_mode(tmp)  # mkstemp files are private; an exported model is not
         if os.path.isdir(final):
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -14,13 +14,22 @@ The options every builder shares (channels-last data, ``n_classes``,
 all builders by :func:`kseg.models.registry.register_model`; a builder checks
 only its own options, with the helpers below, before it builds anything. The
 checks return the value they validated so they can be used inline.
+
+Before any of that, the registry gives every option the type of its default
+(:func:`option_value`: ``"32"`` -> 32 for ``base_filters=64``, ``"no"`` -> False for
+``use_bn=True``, ``"6,12"`` -> (6, 12) for ``rates=(6, 12, 18)``), so a value given as
+text (``--model_option``) reaches the builder typed, and one of the wrong type is a
+one-line error naming the option, the value and the type.
 """
 
+import math
 import numbers
+import re
 
 import keras
 
-from kseg.errors import InputShapeError, ModelConfigError, UnknownNameError
+from kseg.config import MAX_CLASSES, MAX_LABEL_VALUE, as_bool
+from kseg.errors import ConfigError, InputShapeError, ModelConfigError, UnknownNameError
 
 ACTIVATIONS = ("softmax", "sigmoid", None)
 _LOGIT_ALIASES = ("linear", "none")  # accepted spellings of None (logits)
@@ -57,6 +66,18 @@ def positive_int(model, option, value, hint=""):
     if not _is_int(value) or value < 1:
         raise ModelConfigError(
             f"{model}: {option} must be a positive integer{hint}; received {value!r}"
+        )
+    return value
+
+
+def n_classes(model, value):
+    """``value`` if it is a number of classes: an integer from 1 to :data:`kseg.config.MAX_CLASSES`
+    (labels are at most 16-bit), else :class:`ModelConfigError`."""
+    positive_int(model, "n_classes", value)
+    if value > MAX_CLASSES:
+        raise ModelConfigError(
+            f"{model}: n_classes must be at most {MAX_CLASSES} (label values are at most {MAX_LABEL_VALUE}, "
+            f"16-bit); received {value!r}"
         )
     return value
 
@@ -176,3 +197,108 @@ def check_input_size(name, height, width, divisor=1, min_size=1):
             f"{name}: input {' and '.join(bad)} not allowed; height and width must each be "
             f"{rule}; change --input_height/--input_width"
         )
+
+
+# ------------------------------------------------------------------------------------------
+# Option types: a builder option takes the type of its default
+# ------------------------------------------------------------------------------------------
+_INT_TEXT = re.compile(r"[+-]?\d+")
+
+
+def _kind(default):
+    """The type of a builder option from its default: ``bool``, ``int``, ``float``, ``str``,
+    ``("tuple", item kind)`` or None (no rule: the builder checks the value itself)."""
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, numbers.Integral):
+        return int
+    if isinstance(default, numbers.Real):
+        return float
+    if isinstance(default, str):
+        return str
+    if isinstance(default, (tuple, list)) and default:
+        kinds = {_kind(v) for v in default}
+        if kinds == {int}:
+            return ("tuple", int)
+        if kinds <= {int, float}:
+            return ("tuple", float)
+    return None
+
+
+_WHAT = {bool: "true or false", int: "an integer", float: "a number", str: "a name (text)"}
+
+
+def _example(default):
+    if isinstance(default, (tuple, list)):
+        return ",".join(map(str, default))
+    return str(default).lower() if isinstance(default, bool) else str(default)
+
+
+_BAD = object()  # what _scalar gives for a value that is not of the kind
+
+
+def _scalar(kind, value):
+    """``value`` as ``kind`` (bool, int or float), from a value of that type or its text; else ``_BAD``."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, numbers.Integral) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str):
+            try:
+                return as_bool(value)
+            except ConfigError:
+                return _BAD
+        return _BAD
+    if isinstance(value, bool):
+        return _BAD
+    if kind is int:
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
+            return int(value.strip())
+        return _BAD
+    if not isinstance(value, (numbers.Real, str)):
+        return _BAD
+    try:
+        x = float(value.strip() if isinstance(value, str) else value)
+    except (ValueError, OverflowError):
+        return _BAD
+    return x if math.isfinite(x) else _BAD
+
+
+def option_value(model, option, value, default):
+    """``value`` of the builder option ``option`` in the type of its ``default``.
+
+    Text (``--model_option base_filters=32``, ``use_bn=no``, ``rates=6,12,18``) is converted;
+    a value of the right type passes unchanged (an int for a float option becomes a float,
+    a list for a tuple option a tuple). A value that is not of the option's type raises a
+    one-line :class:`ModelConfigError` naming the option, the value and the type, e.g.
+    ``unet: base_filters must be an integer (e.g. 64); received 'abc'``. Options whose
+    default is ``None`` (or of another type) are returned unchanged: the builder checks them.
+    Ranges (positive, a rate in [0, 1), ...) are the builder's checks.
+    """
+    kind = _kind(default)
+    if kind is None:
+        return value
+    if kind is str:
+        if value is None or isinstance(value, str):
+            return value
+        what = f"{_WHAT[str]} (e.g. {default!r})"
+    elif isinstance(kind, tuple):
+        item = kind[1]
+        items = value
+        if isinstance(value, str):
+            text = value.strip().strip("()[]")
+            items = [t for t in re.split(r"[,\s]+", text) if t]
+        if isinstance(items, (tuple, list)) and items:
+            out = tuple(_scalar(item, v) for v in items)
+            if _BAD not in out:
+                return out
+        what = f"{'integers' if item is int else 'numbers'} separated by commas (e.g. {_example(default)})"
+    else:
+        out = _scalar(kind, value)
+        if out is not _BAD:
+            return out
+        what = f"{_WHAT[kind]} (e.g. {_example(default)})"
+    raise ModelConfigError(f"{model}: {option} must be {what}; received {value!r}")

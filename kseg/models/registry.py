@@ -6,7 +6,13 @@ built, a call -- direct (``unet(n_classes=2, input_shape=(65, 65, 3))``) or
 through :func:`get_model` -- has
 
 * only options the builder takes (``UnknownNameError`` listing them),
-* channels-last Keras, a positive integer ``n_classes``, a well-formed
+* every option in the type of its default (``int``, ``float``, ``bool``, a tuple of
+  numbers, a name): text from a command line (``--model_option base_filters=32``)
+  is converted, a value of another type is a one-line ``ModelConfigError``
+  (:func:`kseg.models._checks.option_value`; :func:`parse_model_options` does the
+  same for an options dict before anything is built),
+* channels-last Keras, an integer ``n_classes`` from 1 to
+  :data:`kseg.config.MAX_CLASSES` (labels are 16-bit), a well-formed
   ``input_shape`` and a known ``activation`` (:mod:`kseg.models._checks`),
 * an input height and width that follow the model's size rule, the
   ``divisor`` / ``min_size`` given to :func:`register_model`
@@ -55,13 +61,37 @@ class ModelSpec:
     rule: object = None
 
     def size_rule(self, **options):
-        """``(divisor, min_size)`` of the model built with ``options`` (others default)."""
-        bound = inspect.signature(self.builder).bind_partial(**options)
+        """``(divisor, min_size)`` of the model built with ``options`` (others default).
+
+        An unknown option raises ``TypeError``; an option value not of its type a
+        ``ModelConfigError`` (as the builder would).
+        """
+        sig = inspect.signature(self.builder)
+        bound = sig.bind_partial(**options)
+        _typed_options(self.name, sig.parameters, bound.arguments)
         bound.apply_defaults()
         return self.rule(dict(bound.arguments))
 
 
 _REGISTRY = {}
+
+#: Options every builder shares, checked by the wrapper itself (not by their default's type).
+_SHARED = ("n_classes", "input_shape", "activation")
+
+
+def _typed_options(model, params, arguments):
+    """Convert, in place, the given ``arguments`` (name -> value) to the types of the
+    builder's defaults (:func:`kseg.models._checks.option_value`)."""
+    for k, v in list(arguments.items()):
+        p = params.get(k)
+        if k in _SHARED or p is None or p.default is p.empty:
+            continue
+        arguments[k] = C.option_value(model, k, v, p.default)
+
+
+def _unknown_option(model, params, name):
+    valid = [p for p in params if p not in ("n_classes", "input_shape")]
+    return UnknownNameError(f"unknown option of model {model}: {name!r}; valid options are: {', '.join(valid)}")
 
 
 def _as_rule(value):
@@ -113,15 +143,13 @@ def register_model(name, *, divisor=1, min_size=None, test_size=None, test_kwarg
             if not accepts_var:
                 for k in kwargs:
                     if k not in params:
-                        valid = [p for p in params if p not in ("n_classes", "input_shape")]
-                        raise UnknownNameError(
-                            f"unknown option of model {name}: {k!r}; valid options are: {', '.join(valid)}"
-                        )
+                        raise _unknown_option(name, params, k)
             bound = sig.bind(*args, **kwargs)
+            _typed_options(name, params, bound.arguments)
             bound.apply_defaults()
             options = dict(bound.arguments)
             C.check_channels_last(name)
-            C.positive_int(name, "n_classes", options["n_classes"])
+            C.n_classes(name, options["n_classes"])
             shape = C.input_shape(name, options["input_shape"])
             if "activation" in options:
                 C.activation(name, options["activation"])
@@ -150,6 +178,29 @@ def model_spec(name):
     if name not in _REGISTRY:
         raise unknown_name("model", name, _REGISTRY)
     return _REGISTRY[name]
+
+
+def parse_model_options(name, options):
+    """The builder options ``options`` (e.g. ``--model_option`` values) of model ``name``,
+    checked and converted to the builder's types, without building anything.
+
+    Raises ``UnknownNameError`` for an unknown model or option and a one-line
+    ``ModelConfigError`` naming the option, the value and the expected type for a
+    value that is not of the option's type (``base_filters='abc'``). Ranges are
+    checked when the model is built.
+    """
+    spec = model_spec(name)
+    params = inspect.signature(spec.builder).parameters
+    options = dict(options or {})
+    accepts_var = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for k in options:
+        if k in ("n_classes", "input_shape"):
+            flags = "--n_classes" if k == "n_classes" else "--input_height/--input_width"
+            raise UnknownNameError(f"{name}: {k} is not a model option; set it with {flags}")
+        if k not in params and not accepts_var:
+            raise _unknown_option(name, params, k)
+    _typed_options(name, params, options)
+    return options
 
 
 def get_model(name, n_classes=2, input_height=None, input_width=None, channels=3, **kwargs):
