@@ -44,6 +44,7 @@ from kseg.data.io import (
     write_label,
 )
 from kseg.errors import DataError, unknown_name
+from kseg.files import STAGING_PREFIX, missing_dirs, sweep_stale_stages, write_stage_owner
 from kseg.progress import progress
 
 GEOMETRIC = "geometric"
@@ -317,20 +318,35 @@ def augment_folder(
             "or pass --overwrite"
         )
     manifest_path = manifest_path or os.path.join(out_image_dir, "augment_manifest.json")
+    created = missing_dirs(out_image_dir) + missing_dirs(out_mask_dir)
     os.makedirs(out_image_dir, exist_ok=True)
     os.makedirs(out_mask_dir, exist_ok=True)
     # Everything is written to hidden staging folders first and moved into place at the
-    # end, so an error half-way leaves no partial set of augmented files behind.
-    stage_img = tempfile.mkdtemp(prefix=".kseg-staging-", dir=out_image_dir)
-    stage_msk = tempfile.mkdtemp(prefix=".kseg-staging-", dir=out_mask_dir)
+    # end, so an error half-way leaves no partial set of augmented files behind; the
+    # staging folders a killed run left are removed first.
+    stages = []
     try:
+        for d in (out_image_dir, out_mask_dir):
+            sweep_stale_stages(d)
+            stages.append(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=d))
+            write_stage_owner(stages[-1])
+        stage_img, stage_msk = stages
         records = _run_plan(plan, stage_img, stage_msk, operations, seed, mask_fill, log)
         for _, _, _, iname, mname in plan:
             os.replace(os.path.join(stage_img, iname), os.path.join(out_image_dir, iname))
             os.replace(os.path.join(stage_msk, mname), os.path.join(out_mask_dir, mname))
+    except BaseException:
+        for st in stages:
+            shutil.rmtree(st, ignore_errors=True)
+        for d in sorted(created, key=len, reverse=True):  # a failed run leaves no new folders
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+        raise
     finally:
-        shutil.rmtree(stage_img, ignore_errors=True)
-        shutil.rmtree(stage_msk, ignore_errors=True)
+        for st in stages:
+            shutil.rmtree(st, ignore_errors=True)
     manifest = {
         "image_dir": os.path.abspath(image_dir),
         "mask_dir": os.path.abspath(mask_dir),

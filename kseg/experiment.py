@@ -12,12 +12,11 @@ leaves the old experiment as it was; its hidden folder is removed by the next ru
 import json
 import os
 import shutil
-import socket
 import tempfile
-import time
 
 from kseg.config import ExperimentConfig
-from kseg.files import STAGING_PREFIX, atomic_path, is_partial_write, missing_dirs, replace_dir
+from kseg.files import (STAGE_OWNER, STAGING_PREFIX, atomic_path, is_partial_write, missing_dirs, replace_dir,
+                        sweep_stale_stages, write_stage_owner)
 from kseg.errors import ConfigError, ExperimentError
 
 CONFIG = "config.json"
@@ -103,12 +102,6 @@ def check_model_matches(model, config, path):
                               "mixes two experiments; retrain it or restore its config.json")
 
 
-#: Files an experiment folder may hold besides the model files (what --overwrite replaces).
-STAGE_OWNER = ".kseg-owner.json"
-#: Seconds after which a replaced folder whose removal was interrupted is swept.
-STALE_TRASH_S = 600
-
-
 class ExperimentStage:
     """A new experiment written in a hidden folder next to ``final`` until its first checkpoint.
 
@@ -124,7 +117,7 @@ class ExperimentStage:
         os.makedirs(parent, exist_ok=True)
         sweep_stale_stages(parent)
         self.path = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.path.basename(self.final)}-", dir=parent)
-        write_json(os.path.join(self.path, STAGE_OWNER), {"pid": os.getpid(), "host": socket.gethostname()})
+        write_stage_owner(self.path)
         self.promoted = False
 
     def promote(self):
@@ -146,39 +139,6 @@ class ExperimentStage:
                 os.rmdir(p)
             except OSError:
                 break
-
-
-def _alive(pid):
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, TypeError, OverflowError):
-        return True  # someone else's process, or not a pid we can judge: keep its folder
-    return True
-
-
-def sweep_stale_stages(parent):
-    """Remove what killed runs left in ``parent``: staged experiments whose process is gone
-    (on this host) and replaced folders whose removal was interrupted."""
-    try:
-        names = [n for n in os.listdir(parent) if n.startswith(STAGING_PREFIX)]
-    except OSError:
-        return
-    host = socket.gethostname()
-    for name in names:
-        path = os.path.join(parent, name)
-        owner = os.path.join(path, STAGE_OWNER)
-        try:
-            if os.path.isfile(owner):
-                who = read_json(owner)
-                stale = who.get("host") == host and not _alive(who.get("pid"))
-            else:  # a replaced folder (replace_dir) or a stage killed before its owner file
-                stale = time.time() - os.path.getmtime(path) > STALE_TRASH_S
-        except (OSError, ExperimentError, AttributeError):
-            continue
-        if stale:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_partial_writes(folder):

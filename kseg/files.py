@@ -12,12 +12,15 @@ nothing else from kseg.
 """
 
 import contextlib
+import json
 import os
 import re
 import shutil
+import socket
 import stat
 import tempfile
 import threading
+import time
 
 from kseg.errors import ConfigError, DataError
 
@@ -189,3 +192,50 @@ def missing_dirs(path):
             break
         path = parent
     return out
+
+
+#: The owner file of a staging folder: which process (pid, host) writes it.
+STAGE_OWNER = ".kseg-owner.json"
+#: Seconds after which a staging folder without an owner is taken for a killed writer's.
+STALE_TRASH_S = 600
+
+
+def write_stage_owner(folder):
+    """Record this process as the writer of staging folder ``folder``."""
+    with open(os.path.join(folder, STAGE_OWNER), "w", encoding="utf-8") as fh:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname()}, fh)
+
+
+def _alive(pid):
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True  # someone else's process, or not a pid we can judge: keep its folder
+    return True
+
+
+def sweep_stale_stages(parent):
+    """Remove what killed writers left in ``parent``: staging folders whose process is gone
+    (their owner file names it, on this host), and staging or replaced folders without
+    an owner that are older than :data:`STALE_TRASH_S`."""
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(STAGING_PREFIX)]
+    except OSError:
+        return
+    host = socket.gethostname()
+    for name in names:
+        path = os.path.join(parent, name)
+        owner = os.path.join(path, STAGE_OWNER)
+        try:
+            if os.path.isfile(owner):
+                with open(owner, encoding="utf-8") as fh:
+                    who = json.load(fh)
+                stale = who.get("host") == host and not _alive(who.get("pid"))
+            else:  # a replaced folder (replace_dir) or a stage killed before its owner file
+                stale = time.time() - os.path.getmtime(path) > STALE_TRASH_S
+        except (OSError, ValueError, AttributeError):
+            continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)

@@ -41,6 +41,7 @@ from kseg.data.writer import DatasetWriter
 from kseg.files import StagedDir
 from kseg.data.palette import IGNORE_COLOR, colorize
 from kseg.errors import DataError
+from kseg.progress import progress
 
 
 # --------------------------------------------------------------------------------------
@@ -209,7 +210,7 @@ def convert_color_folder(input_dir, output_dir, table, tolerance=0, overwrite=Fa
     pal = table.palette()
     unknown = {}
     with StagedDir(output_dir, overwrite) as tmp:
-        for f in files:
+        for f in progress(files, "converting"):
             idx, unk = colors_to_index(read_color_mask(f), table, tolerance)
             if unk:
                 unknown[f] = unk
@@ -224,7 +225,7 @@ def index_folder_to_colors(input_dir, output_dir, table_or_palette=None, overwri
     if not files:
         raise DataError(f"no label files in {input_dir}")
     with StagedDir(output_dir, overwrite) as tmp:
-        for f in files:
+        for f in progress(files, "colouring"):
             rgb = index_to_colors(read_label(f), table_or_palette)
             stem = os.path.splitext(os.path.basename(f))[0]
             write_image(os.path.join(tmp, stem + ".png"), rgb)
@@ -243,7 +244,7 @@ def remap_folder(input_dir, output_dir, mapping, overwrite=False):
         raise DataError(f"no label files in {input_dir}")
     changed = {k: 0 for k in mapping}
     with StagedDir(output_dir, overwrite) as tmp:
-        for f in files:
+        for f in progress(files, "remapping"):
             lbl = read_label(f)
             for k in mapping:
                 changed[k] += int((lbl == k).sum())

@@ -198,3 +198,31 @@ def test_script(tmp_path):
     assert sorted(os.listdir(om)) == ["img0_aug00.png", "img0_aug01.png"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.startswith("error: ") and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_failed_augmentation_leaves_no_new_folder_and_sweeps_a_killed_ones(tmp_path):
+    import json
+    import os
+
+    from kseg.augment import augment_folder
+    from kseg.data.sample import generate_sample_dataset
+    from kseg.errors import DataError
+    from kseg.files import STAGE_OWNER
+
+    root = tmp_path / "d"
+    generate_sample_dataset(str(root), splits={"train": 2})
+    (root / "train_label" / "train_0001.png").write_bytes(b"not a png")
+    out = tmp_path / "out" / "deep"
+    with pytest.raises(DataError, match="train_0001.png"):
+        augment_folder(str(root / "train_image"), str(root / "train_label"), str(out / "img"), str(out / "msk"),
+                       samples_per_image=1, seed=0)
+    assert not (tmp_path / "out").exists()
+    # a staging folder of a process that no longer exists is removed by the next run
+    (out / "img").mkdir(parents=True)
+    stale = out / "img" / ".kseg-staging-dead"
+    stale.mkdir()
+    (stale / STAGE_OWNER).write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": os.uname().nodename}))
+    generate_sample_dataset(str(root), splits={"train": 2})
+    augment_folder(str(root / "train_image"), str(root / "train_label"), str(out / "img"), str(out / "msk"),
+                   samples_per_image=1, seed=0)
+    assert not stale.exists()
