@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 
 from kseg.config import ExperimentConfig
 from kseg.files import (STAGE_OWNER, STAGING_PREFIX, atomic_path, is_partial_write, missing_dirs, replace_dir,
@@ -75,6 +76,8 @@ def load_model_file(path, compile=True, config=None):
         model = keras.saving.load_model(path, compile=compile)
     except Exception as e:  # zip/h5 errors, truncated files, foreign formats
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        if path.lower().endswith(".keras") and not zipfile.is_zipfile(path):
+            first = "not a complete .keras (zip) file: truncated or overwritten"  # Keras says "File not found"
         raise ExperimentError(f"{path} is corrupt or not a Keras model file ({first}); retrain, or resume "
                               "from the other checkpoint (best.keras / last.keras)") from None
     if config is not None:

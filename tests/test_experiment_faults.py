@@ -186,3 +186,14 @@ def test_keras_loads_a_kseg_file_after_import_kseg_alone(trained, order):
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-1500:]
     assert r.stdout.split()[-1] == "4"
+
+
+def test_a_truncated_checkpoint_is_called_corrupt(tmp_path, trained, tiny_dataset, capsys):
+    folder = _copy_experiment(trained, tmp_path / "w" / "exp")
+    data = (folder / "best.keras").read_bytes()
+    (folder / "best.keras").write_bytes(data[: len(data) // 2])
+    code, out, err = run_command("test", ["--weights_path", str(folder), "--test_dir",
+                                          os.path.join(tiny_dataset, "test_image"), "--output",
+                                          str(tmp_path / "out")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "best.keras is corrupt" in err and "truncated" in err and "File not found" not in err, err
