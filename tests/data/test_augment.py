@@ -181,6 +181,11 @@ def test_augment_folder_error_leaves_nothing(tmp_path):
     oi, om = tmp_path / "oi", tmp_path / "om"
     with pytest.raises(DataError, match="img1.png"):
         augment_folder(str(ti), str(tm), str(oi), str(om), samples_per_image=2)
+    assert not oi.exists() and not om.exists()  # the folders it created are gone too
+    oi.mkdir()
+    om.mkdir()
+    with pytest.raises(DataError, match="img1.png"):  # folders that existed stay, empty
+        augment_folder(str(ti), str(tm), str(oi), str(om), samples_per_image=2)
     assert os.listdir(oi) == [] and os.listdir(om) == []
 
 
