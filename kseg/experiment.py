@@ -16,7 +16,8 @@ import tempfile
 import zipfile
 
 from kseg.config import ExperimentConfig
-from kseg.files import (STAGE_OWNER, STAGING_PREFIX, atomic_path, is_partial_write, missing_dirs, replace_dir,
+from kseg.files import (STAGE_OWNER, STAGING_PREFIX, atomic_path, is_partial_write, missing_dirs, remove_leftovers,
+                        replace_dir,
                         sweep_stale_stages, write_stage_owner)
 from kseg.errors import ConfigError, ExperimentError
 
@@ -146,20 +147,7 @@ class ExperimentStage:
 
 def remove_partial_writes(folder):
     """Delete the temporary files of writes a killed run left in ``folder`` (not below it)."""
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return []
-    gone = []
-    for name in names:
-        path = os.path.join(folder, name)
-        if is_partial_write(name) and os.path.isfile(path):
-            try:
-                os.remove(path)
-                gone.append(name)
-            except OSError:
-                pass
-    return gone
+    return remove_leftovers(folder, is_partial_write)
 
 
 def is_experiment(folder):

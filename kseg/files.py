@@ -239,3 +239,26 @@ def sweep_stale_stages(parent):
             continue
         if stale:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_leftovers(folder, match, dirs=False):
+    """Delete the entries of ``folder`` (not below it) whose name ``match(name)`` accepts --
+    what a killed writer left; files only unless ``dirs``. Returns the names removed."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    gone = []
+    for name in names:
+        path = os.path.join(folder, name)
+        if not match(name) or (os.path.isdir(path) and not dirs):
+            continue
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+            gone.append(name)
+        except OSError:
+            pass
+    return gone

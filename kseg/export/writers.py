@@ -18,7 +18,7 @@ import numpy as np
 
 from kseg.compat import export_friendly_ops, tf2onnx_low_memory, tf2onnx_numpy2
 from kseg.errors import ExportError
-from kseg.files import is_partial_write, set_default_mode
+from kseg.files import is_partial_write, remove_leftovers, set_default_mode
 from kseg.runtime import INPUT_NAME, OUTPUT_NAME, SIGNATURE_KEY, first_line, is_delegate_error, quiet_stderr
 from kseg.runtime import tflite_interpreter
 
@@ -285,16 +285,8 @@ def remove_stale_temporaries(final):
     (``.<name>.*.tmp*``) and replaced (``.<name>.old.*``) files and folders. Only names
     derived from ``final`` are touched, so other writers in the folder are safe."""
     parent, base = os.path.dirname(final) or ".", os.path.basename(final)
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        return []
-    gone = []
-    for name in names:
-        if name.startswith(f".{base}.") and (is_partial_write(name) or name.startswith(f".{base}.old.")):
-            remove(os.path.join(parent, name))
-            gone.append(name)
-    return gone
+    return remove_leftovers(parent, lambda name: name.startswith(f".{base}.") and (
+        is_partial_write(name) or name.startswith(f".{base}.old.")), dirs=True)
 
 
 def remove(path):
