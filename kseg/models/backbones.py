@@ -24,6 +24,16 @@ keeps the ``keras.applications`` names.
 :class:`EncoderWeightsError` explains what to do instead. ``weights=None`` (the
 default everywhere in kseg) never touches the network.
 
+Pretrained weights with an input of ``C != 3`` channels: the published network is
+built on a private 3-channel input with the weights, the caller's network on its
+own input without them, and the weights are copied by layer name; the first
+convolution's kernel goes through :func:`kseg.models.pretrained.adapt_input_kernel`
+(``C = 1``: the RGB kernels summed; ``C > 3``: the RGB kernels cycled and scaled by
+``3 / C``). The kernel is adapted as ``keras.applications`` ships it, in the
+channel order its preprocessing expects (BGR for ``vgg16`` and ``resnet50``).
+EfficientNet is refused with ``C != 3``: its first layers normalise with
+ImageNet's RGB mean and deviation.
+
 ``output_stride=16`` (DeepLab) rebuilds the encoder with its last downsampling
 step removed and the convolutions after it dilated by 2 (atrous convolution,
 Chen et al. 2017), keeping the layer names, so ImageNet weights still apply.
@@ -33,15 +43,14 @@ backends.
 """
 
 import dataclasses
-import os
 import re
-import urllib.error
 
 import keras
 
-from kseg.errors import EncoderConfigError, EncoderWeightsError, InputShapeError, unknown_name
+from kseg.errors import EncoderConfigError, InputShapeError, unknown_name
+from kseg.errors import EncoderWeightsError  # noqa: F401 (re-exported; raised by pretrained)
 from kseg.models import layers as L
-from kseg.models import vgg
+from kseg.models import pretrained, vgg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +79,8 @@ class EncoderSpec:
             itself, layer for layer and with the layer names of the
             ``keras.applications`` one (whose weights are then copied in by
             layer name); ``None``: ``keras.applications`` builds it.
+        rgb_only: pretrained weights need exactly 3 input channels (the network
+            normalises its input with per-channel RGB statistics).
     """
 
     name: str
@@ -81,6 +92,7 @@ class EncoderSpec:
     dilation: dict = None
     renames: dict = dataclasses.field(default_factory=dict)
     build: object = None
+    rgb_only: bool = False
 
     @property
     def tap_names(self):
@@ -206,6 +218,7 @@ ENCODERS = {
                 "Rescaling": ["stem_rescaling", "stem_std_rescaling"],
                 "Normalization": ["stem_normalization"],
             },
+            rgb_only=True,
         ),
     )
 }
@@ -239,7 +252,8 @@ def build_encoder(
             ``None``; default ``(None, None, 3)``.
         weights: ``None`` (random initialisation), ``"imagenet"`` or the path of a
             ``keras.applications`` weights file (``include_top=False`` variant).
-            Pretrained weights need 3 input channels.
+            With ``C != 3`` input channels the first convolution is adapted (see
+            the module docstring); EfficientNet needs 3.
         output_stride: 32 (the network as published) or 16 (last downsampling
             replaced by dilation 2, for DeepLab; not available for ``"vgg16"``).
         bn_momentum: momentum of every BatchNormalization layer of the encoder;
@@ -263,7 +277,7 @@ def build_encoder(
 
     Raises:
         UnknownNameError: unknown encoder name.
-        InputShapeError: pretrained weights with a number of input channels other than 3.
+        InputShapeError: pretrained EfficientNet weights with other than 3 input channels.
         EncoderConfigError: bad ``weights`` value or unsupported ``output_stride``.
         EncoderWeightsError: the ImageNet weights could not be downloaded or read.
 
@@ -274,15 +288,7 @@ def build_encoder(
         ([2, 4, 8, 16, 32], (None, 8, 8, 192))
     """
     spec = encoder_spec(name)
-    if weights is not None and weights != "imagenet" and not (
-        isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights)
-    ):
-        raise EncoderConfigError(
-            f"encoder weights {weights!r} for {name} are neither None, 'imagenet' nor an "
-            "existing weights file; pass encoder_weights=None, 'imagenet' or a file path"
-        )
-    if isinstance(weights, os.PathLike):
-        weights = os.fspath(weights)
+    weights = pretrained.check_weights_value(f"encoder {name}", weights)
     if output_stride not in (16, 32) or (output_stride == 16 and spec.dilation is None):
         ok = "16 or 32" if spec.dilation is not None else "32"
         raise EncoderConfigError(
@@ -291,10 +297,11 @@ def build_encoder(
     if input_tensor is None:
         input_tensor = keras.Input(tuple(input_shape or (None, None, 3)))
     channels = input_tensor.shape[-1]
-    if weights is not None and channels != 3:
+    if weights is not None and channels != 3 and spec.rgb_only:
         raise InputShapeError(
-            f"encoder {name} with pretrained weights needs 3 input channels, got {channels}; "
-            "use 3-channel images or encoder_weights=None"
+            f"encoder {name} with pretrained weights needs 3 input channels, got {channels} "
+            "(its first layers normalise with ImageNet's RGB mean and deviation); use "
+            "3-channel images, encoder_weights=None or another encoder"
         )
 
     if spec.build is not None:
@@ -304,15 +311,22 @@ def build_encoder(
             )
         encoder = spec.build(input_tensor)
         if weights is not None:
-            _copy_weights(pretrained_reference(name, weights), encoder)
-    elif output_stride == 32:
+            _copy_weights(pretrained_reference(name, weights), encoder, spec.application)
+    elif output_stride == 32 and (
+        weights is None or (channels == 3 and spec.application not in pretrained.BGR_APPLICATIONS)
+    ):
         encoder = _application(spec, input_tensor, weights, kwargs)
     else:
-        # Build the published network on a private input (this loads the weights),
-        # then rebuild it on the caller's input with the stride/dilation changes.
-        source_input = keras.Input(batch_shape=input_tensor.shape, dtype=input_tensor.dtype)
+        # Build the published network on a private 3-channel input (this loads the
+        # weights), then rebuild it on the caller's input (its channels, the
+        # stride/dilation changes) and copy the weights by layer name, the first
+        # kernel made for kseg's RGB input (BGR-trained networks: channels reversed).
+        source_input = keras.Input(
+            batch_shape=tuple(input_tensor.shape[:-1]) + (3,), dtype=input_tensor.dtype
+        )
         source = _application(spec, source_input, weights, kwargs)
-        encoder = _dilated_clone(source, input_tensor, spec.dilation, weights is not None)
+        plan = spec.dilation if output_stride == 16 else _NO_CHANGE
+        encoder = _dilated_clone(source, input_tensor, plan, weights is not None, spec.application)
 
     if bn_momentum is not None:
         for layer in encoder.layers:
@@ -336,55 +350,44 @@ def pretrained_reference(name, weights, **kwargs):
     return _application(spec, keras.Input((None, None, 3)), weights, kwargs)
 
 
-def _copy_weights(source, target):
-    """Copy the weights of every layer of ``source`` into the layer of ``target``
-    with the same name (every weighted layer of ``source`` must exist there)."""
+_NO_CHANGE = {"stride1": (), "dilate": (), "pads": {}}
+
+
+def _copy_weights(source, target, application):
+    """Copy the weights of every layer of ``source`` (the ``keras.applications``
+    network ``application``) into the layer of ``target`` with the same name (every
+    weighted layer of ``source`` must exist there).
+
+    The kernel of the first convolution is made for kseg's RGB input with the
+    target's channel count by :func:`kseg.models.pretrained.rgb_input_kernel`
+    (BGR-trained VGG16/ResNet kernels get their input channels reversed; ``C != 3``
+    is adapted); any other shape difference is an error.
+    """
+    first = next(
+        (layer for layer in source.layers if type(layer).__name__ == "Conv2D"), None
+    )
     for layer in source.layers:
-        if layer.weights:
-            target.get_layer(layer.name).set_weights(layer.get_weights())
+        if not layer.weights:
+            continue
+        into = target.get_layer(layer.name)
+        values = layer.get_weights()
+        if layer is first:
+            kernel = values[0]
+            channels = into.get_weights()[0].shape[2]
+            if kernel.shape[2] == 3:
+                values[0] = pretrained.rgb_input_kernel(kernel, application, channels)
+        into.set_weights(values)
 
 
 def _application(spec, input_tensor, weights, kwargs):
-    """Call the ``keras.applications`` function and give unnamed layers stable names."""
-    fn = getattr(keras.applications, spec.application)
-    try:
-        model = fn(include_top=False, weights=weights, input_tensor=input_tensor, **kwargs)
-    except Exception as e:  # keras raises a bare Exception for URL failures
-        if weights == "imagenet" and _is_download_error(e):
-            raise EncoderWeightsError(_download_message(spec.name, e)) from None
-        if weights is not None and isinstance(e, ValueError):
-            # e.g. MobileNet alpha values that have no ImageNet weights
-            reason = " ".join(str(e).split())
-            raise EncoderConfigError(
-                f"encoder {spec.name} cannot load weights {weights!r} with options {kwargs} "
-                f"({reason}); change these options or pass encoder_weights=None"
-            ) from None
-        raise
+    """Call the ``keras.applications`` function (kseg's errors:
+    :func:`kseg.models.pretrained.load_application`) and give unnamed layers
+    stable names."""
+    model = pretrained.load_application(
+        spec.application, weights, input_tensor, f"encoder {spec.name}", **kwargs
+    )
     _rename_anonymous_layers(model, spec)
     return model
-
-
-def _is_download_error(e):
-    text = str(e)
-    return (
-        isinstance(e, (OSError, urllib.error.URLError))
-        or "URL fetch failure" in text
-        or "corrupted file" in text
-    )
-
-
-def _download_message(name, e):
-    reason = " ".join(str(e).split()) or type(e).__name__
-    url = re.search(r"https?://\S+?\.h5", reason)
-    where = (
-        f"download {url.group(0)} and place it in ~/.keras/models/"
-        if url
-        else "place the weights file in ~/.keras/models/"
-    )
-    return (
-        f"could not download or read the ImageNet weights of encoder {name} ({reason}); "
-        f"pass encoder_weights=None (random initialisation) or {where}"
-    )
 
 
 def _snake_case(class_name):
@@ -420,7 +423,7 @@ def _rename_anonymous_layers(model, spec):
         layer.name = new
 
 
-def _dilated_clone(source, input_tensor, plan, copy_weights):
+def _dilated_clone(source, input_tensor, plan, copy_weights, application):
     """Rebuild ``source`` on ``input_tensor`` with the output-stride-16 changes of ``plan``."""
     stride1, dilate, pads = set(plan["stride1"]), set(plan["dilate"]), plan["pads"]
 
@@ -443,5 +446,5 @@ def _dilated_clone(source, input_tensor, plan, copy_weights):
         source, input_tensors=input_tensor, clone_function=clone_layer
     )
     if copy_weights:
-        _copy_weights(source, clone)
+        _copy_weights(source, clone, application)
     return clone

@@ -4,9 +4,10 @@ import keras
 
 from kseg.models import _checks as C
 from kseg.models import layers as L
+from kseg.models import pretrained as P
 from kseg.models._context_blocks import aspp_v2
 from kseg.models.registry import register_model
-from kseg.models.resnet import dilated_resnet
+from kseg.models.resnet import RESNET_BLOCKS, dilated_resnet
 from kseg.models.vgg import dilated_vgg16
 
 DEEPLAB_V2_BACKBONES = ("vgg16", "resnet101")
@@ -26,6 +27,7 @@ def deeplab_v2(
     activation="softmax",
     backbone="vgg16",
     rates=(6, 12, 18, 24),
+    encoder_weights=None,
     width_multiplier=1.0,
     name="deeplab_v2",
 ):
@@ -46,15 +48,31 @@ def deeplab_v2(
     class scores are added (linear, no BN or ReLU) and bilinearly resized to the
     input size before the output activation.
 
+    ImageNet start (the paper's): ``encoder_weights="imagenet"`` (or the path of a
+    ``keras.applications.VGG16`` / ``ResNet101`` weights file, ``include_top=False``)
+    loads keras' ImageNet network into the backbone by a checked layer mapping
+    (:mod:`kseg.models.pretrained`: every tensor assigned once; VGG16's
+    ``block{s}_conv{i}`` onto ``{name}_vgg16_conv{s}_{i}``; for ResNet-101 conv
+    biases folded into the BN moving means and BN epsilon 1.001e-5; the first
+    kernel turned from BGR to RGB). It needs ``width_multiplier=1.0``. With
+    ``C != 3`` input channels the first kernel is adapted
+    (:func:`kseg.models.pretrained.adapt_input_kernel`: ``C = 1`` sums the RGB
+    kernels, ``C > 3`` cycles them scaled by ``3 / C``).
+
     Differences from the paper:
         * The paper upsamples the stride-8 scores and refines them with a dense CRF
           (a post-processing step); there is no CRF here.
         * The paper's multi-scale input fusion (MSC: max over scores at scales 1,
           0.75, 0.5) is not built in; ``rates`` is exposed instead.
-        * No ImageNet/COCO initialisation; ResNet-101 strides on the 3x3 conv
-          (v1.5), starts each bottleneck's last BN at gamma = 0 (zero-init
-          residual), uses kseg's BN (Keras momentum 0.9) and trains its BN. VGG16 and the
-          ASPP-L hidden layers use He-normal initialisation.
+        * No MS-COCO initialisation; ``encoder_weights=None`` (the default) trains
+          from scratch (VGG16 and the ASPP-L hidden layers He-normal). With
+          ImageNet weights the VGG16 branches' fc6/fc7 still start random: the
+          paper decimates VGG16's fc6/fc7 (7x7x4096, 4096) to 3x3x1024 and 1024,
+          which needs the 528 MB classifier file.
+        * ResNet-101 strides on the first 1x1 conv (as the Caffe model), starts
+          each bottleneck's last BN at gamma = 0 (zero-init residual, replaced by
+          loaded weights), uses kseg's BN (Keras momentum 0.9) and trains its BN
+          (the paper froze BN statistics).
         * VGG16 is the default, as in the project this replaces; the paper's
           headline results use ``backbone="resnet101"``.
 
@@ -65,6 +83,8 @@ def deeplab_v2(
         activation: ``"softmax"`` (default), ``"sigmoid"`` or ``None`` for logits.
         backbone: ``"vgg16"`` or ``"resnet101"``.
         rates: the atrous rates of the ASPP branches.
+        encoder_weights: ``None`` (random), ``"imagenet"`` or a ``keras.applications``
+            weights file of ``backbone`` (VGG16 or ResNet101).
         width_multiplier: scales every channel count except the class scores
             (for tiny test models).
         name: model name and layer-name prefix.
@@ -75,10 +95,19 @@ def deeplab_v2(
     Example:
         >>> model = deeplab_v2(n_classes=21, input_shape=(320, 320, 3))
         >>> big = deeplab_v2(21, (320, 320, 3), backbone="resnet101", activation=None)
+        >>> paper = deeplab_v2(21, (320, 320, 3), encoder_weights="imagenet")
     """
     C.positive_number("deeplab_v2", "width_multiplier", width_multiplier, " (1.0 = paper)")
     C.known_name("deeplab_v2", "backbone", backbone, DEEPLAB_V2_BACKBONES)
     C.positive_ints("deeplab_v2", "rates", rates, hint=" (paper: 6, 12, 18, 24)")
+    P.check_start("deeplab_v2", encoder_weights, width_multiplier)
+    source = None
+    if encoder_weights is not None:  # read before building: a bad value fails fast
+        if backbone == "vgg16":
+            table = P.vgg16_table(f"{name}_vgg16")
+            source = P.read_source("deeplab_v2", "VGG16", encoder_weights, table)
+        else:
+            source = P.read_resnet("deeplab_v2", backbone, encoder_weights, f"{name}_resnet101")
     inputs = keras.Input(shape=input_shape, name=f"{name}_input")
     if backbone == "vgg16":
         x = dilated_vgg16(inputs, f"{name}_vgg16", width_multiplier)
@@ -96,4 +125,9 @@ def deeplab_v2(
     x = aspp_v2(x, n_classes, rates, name=f"{name}_aspp", hidden=hidden)
     x = L.ResizeLike(name=f"{name}_upsample")([x, inputs])
     outputs = L.output_activation(x, n_classes, name, activation)
-    return keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, outputs, name=name)
+    if source is not None and backbone == "vgg16":
+        P.load_dilated_vgg16(model, source, f"{name}_vgg16")
+    elif source is not None:
+        P.load_resnet(model, source, f"{name}_resnet101", RESNET_BLOCKS["resnet101"])
+    return model

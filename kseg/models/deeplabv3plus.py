@@ -89,7 +89,8 @@ def deeplabv3plus(
         activation: ``"softmax"`` (``"sigmoid"`` when ``n_classes == 1``),
             ``"sigmoid"`` or ``None`` for logits.
         backbone: ``"resnet50"``, ``"mobilenetv2"`` or ``"xception"``.
-        encoder_weights: ``None`` (random) or ``"imagenet"`` (3 channels).
+        encoder_weights: ``None`` (random) or ``"imagenet"`` or a local weights file
+            (other channel counts adapt the first kernel: :mod:`kseg.models.pretrained`).
         filters: width of the ASPP branches and the decoder convolutions (256).
         low_level_filters: width of the low-level feature reduction (48).
         atrous_rates: dilation rates of the ASPP 3x3 branches.

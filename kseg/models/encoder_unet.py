@@ -50,8 +50,9 @@ def encoder_unet(
         n_classes: number of classes (1 = binary with a sigmoid).
         input_shape: ``(height, width, channels)``; ``None`` sizes allowed.
         encoder: a name from :data:`kseg.models.backbones.ENCODERS`.
-        encoder_weights: ``None`` (random) or ``"imagenet"`` (needs 3 channels;
-            downloaded once to ``~/.keras/models/``).
+        encoder_weights: ``None`` (random) or ``"imagenet"`` (downloaded once to
+            ``~/.keras/models/``) or a local weights file; other channel counts adapt the first kernel: :mod:`kseg.models.pretrained`;
+            efficientnetb0 needs 3 channels).
         decoder_filters: widths of the five decoder blocks, deepest first.
         activation: ``"softmax"`` (``"sigmoid"`` when ``n_classes == 1``),
             ``"sigmoid"`` or ``None`` for logits.

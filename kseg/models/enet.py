@@ -13,6 +13,10 @@ BOTTLENECK_KINDS = ("regular", "dilated", "asymmetric")
 
 ENET_BN_MOMENTUM = 0.9  # Keras sense: moving average decay (the old project's 0.1 was wrong)
 
+# The initial block passes the pooled input through and stage 1's downsampling bottleneck
+# only widens (to 64): channels + 1 <= 64.
+MAX_INPUT_CHANNELS = 63
+
 
 def _bn(x, name):
     return L.bn(x, name, momentum=ENET_BN_MOMENTUM)
@@ -31,9 +35,21 @@ def _conv(x, filters, kernel, name, strides=1, dilation=1):
     )(x)
 
 
+def initial_conv_filters(channels, filters=16):
+    """Maps of the initial block's 3x3/2 conv for ``channels`` input channels.
+
+    The paper's block makes ``filters`` = 16 maps: 13 from the conv, 3 from max-pooling
+    the RGB input. kseg keeps that total for any ``channels`` up to 15 (the conv makes
+    ``16 - channels``: 15 for grey, 12 for RGBA) and keeps at least one conv map beyond
+    (``channels + 1`` maps in all).
+    """
+    return max(filters - channels, 1)
+
+
 def initial_block(x, name, filters=16, channels=3):
-    """3x3/2 conv with ``filters - channels`` maps concatenated with a 2x2 max pool."""
-    conv = _conv(x, filters - channels, 3, f"{name}_conv", strides=2)
+    """3x3/2 conv with :func:`initial_conv_filters` maps concatenated with a 2x2 max pool
+    of the input (``filters`` maps in all for up to 15 input channels)."""
+    conv = _conv(x, initial_conv_filters(channels, filters), 3, f"{name}_conv", strides=2)
     pool = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
     x = layers.Concatenate(name=f"{name}_concat")([conv, pool])
     x = _bn(x, f"{name}_bn")
@@ -91,9 +107,10 @@ def bottleneck(
     return (x, indices) if downsample else x
 
 
-def upsampling_bottleneck(x, indices, out_filters, name, dropout=0.1, projection_ratio=4):
+def upsampling_bottleneck(x, indices, out_filters, name, projection_ratio=4):
     """ENet decoder bottleneck: main branch 1x1 conv + max-unpooling with the encoder's
-    indices, extension branch 1x1 / 3x3 transposed conv (stride 2) / 1x1; ReLU."""
+    indices, extension branch 1x1 / 3x3 transposed conv (stride 2) / 1x1; ReLU. No
+    dropout, as in the authors' decoder (train/models/decoder.lua)."""
     internal = max(1, out_filters // projection_ratio)
     m = _conv(x, out_filters, 1, f"{name}_main_conv")
     m = _bn(m, f"{name}_main_bn")
@@ -109,8 +126,6 @@ def upsampling_bottleneck(x, indices, out_filters, name, dropout=0.1, projection
     e = _act(e, "relu", f"{name}_upconv_act")
     e = _conv(e, out_filters, 1, f"{name}_expand")
     e = _bn(e, f"{name}_expand_bn")
-    if dropout:
-        e = layers.SpatialDropout2D(dropout, name=f"{name}_dropout")(e)
     x = layers.Add(name=f"{name}_add")([m, e])
     return _act(x, "relu", f"{name}_out_act")
 
@@ -142,16 +157,28 @@ def enet(
     dropout 0.01), stages 2 and 3 (downsampling to 128 in stage 2; regular,
     dilated 2/4/8/16 and asymmetric 5x1+1x5 bottlenecks, dropout 0.1), decoder
     stages 4 and 5 (upsampling bottlenecks that max-unpool with the encoder's
-    pooling indices, to 64 then 16), and a final 2x2 transposed convolution to
-    the class scores at input resolution. PReLU in the encoder, ReLU in the
-    decoder; convolutions without bias; batch norm with Keras momentum 0.9.
+    pooling indices, to 64 then 16; no dropout, as the authors' decoder), and a
+    final 2x2 transposed convolution to the class scores at input resolution.
+    PReLU in the encoder, ReLU in the decoder; convolutions without bias; batch
+    norm with Keras momentum 0.9.
+
+    Input channels: any ``C`` from 1 to 63. The initial block's conv makes
+    ``16 - C`` maps (13 for RGB, 15 for grey, 12 for RGBA) so that the block
+    still gives 16 maps with the ``C`` pooled ones; from ``C = 16`` on it makes
+    one map (``C + 1`` in all); stage 1 pads to 64, hence the 63.
 
     Differences from the paper:
         - the main branch of a downsampling bottleneck pads channels with zeros
           (as in the paper) and the pooling indices are stored as positions inside
           each 2x2 window, which is equivalent;
         - "same" padding in the 2x2 stride-2 projection, so H and W must be
-          multiples of 8.
+          multiples of 8;
+        - the authors' Torch code (e-lab/ENet-training) gives the initial conv, the
+          middle 3x3 / dilated / second asymmetric convolutions and the decoder's
+          transposed convolutions a bias; kseg's have none (BN follows each), 693
+          parameters fewer for RGB;
+        - for ``C != 3`` input channels the initial block's split (above) is kseg's
+          rule; the paper only describes RGB.
 
     Args:
         n_classes: number of classes (1 = binary, sigmoid output).
@@ -170,8 +197,15 @@ def enet(
     """
     C.rate("enet", "dropout_stage1", dropout_stage1)
     C.rate("enet", "dropout", dropout)
+    channels = input_shape[-1] or 3
+    if channels > MAX_INPUT_CHANNELS:
+        raise ModelConfigError(
+            f"enet takes at most {MAX_INPUT_CHANNELS} input channels (its initial block's "
+            f"{channels} pooled + 1 conv maps must fit stage 1's 64); received {channels}; "
+            "reduce the channels or use another model"
+        )
     inputs = keras.Input(shape=input_shape, name=f"{name}_input")
-    x = initial_block(inputs, f"{name}_initial", channels=input_shape[-1] or 3)
+    x = initial_block(inputs, f"{name}_initial", channels=channels)
     x, idx1 = bottleneck(x, 64, f"{name}_b1_0", downsample=True, dropout=dropout_stage1)
     for i in range(1, 5):
         x = bottleneck(x, 64, f"{name}_b1_{i}", dropout=dropout_stage1)
@@ -179,11 +213,12 @@ def enet(
     for stage in (2, 3):
         for i, (kind, d) in enumerate(_STAGE23, start=1):
             x = bottleneck(x, 128, f"{name}_b{stage}_{i}", kind=kind, dilation=d, dropout=dropout)
-    x = upsampling_bottleneck(x, idx2, 64, f"{name}_b4_0", dropout=dropout)
+    # decoder: ReLU and no dropout, as the authors' decoder.lua
+    x = upsampling_bottleneck(x, idx2, 64, f"{name}_b4_0")
     for i in (1, 2):
-        x = bottleneck(x, 64, f"{name}_b4_{i}", act="relu", dropout=dropout)
-    x = upsampling_bottleneck(x, idx1, 16, f"{name}_b5_0", dropout=dropout)
-    x = bottleneck(x, 16, f"{name}_b5_1", act="relu", dropout=dropout)
+        x = bottleneck(x, 64, f"{name}_b4_{i}", act="relu", dropout=0)
+    x = upsampling_bottleneck(x, idx1, 16, f"{name}_b5_0")
+    x = bottleneck(x, 16, f"{name}_b5_1", act="relu", dropout=0)
     logits = layers.Conv2DTranspose(
         n_classes, 2, strides=2, padding="same", name=f"{name}_fullconv"
     )(x)

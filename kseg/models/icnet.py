@@ -3,11 +3,13 @@
 import keras
 from keras import layers
 
+from kseg.errors import ModelConfigError
 from kseg.models import _checks as C
 from kseg.models import layers as L
+from kseg.models import pretrained as P
 from kseg.models._context_blocks import cascade_feature_fusion, pyramid_pooling
 from kseg.models.registry import register_model
-from kseg.models.resnet import RESNET_FILTERS, resnet_stage, resnet_stem
+from kseg.models.resnet import RESNET_BLOCKS, RESNET_FILTERS, resnet_stage, resnet_stem
 
 
 @register_model(
@@ -24,6 +26,9 @@ def icnet(
     activation="softmax",
     bins=(1, 2, 3, 6),
     cascade_outputs=False,
+    backbone_width=0.5,
+    deep_stem=True,
+    encoder_weights=None,
     width_multiplier=1.0,
     name="icnet",
 ):
@@ -38,11 +43,12 @@ def icnet(
 
     * low: the input downsampled to 1/4 goes through a PSPNet-like dilated
       ResNet-50 (stem, stages 1-2 with stride 8 in total, then stages 3-4 dilated 2
-      and 4) to a 1/32 map, the pyramid pooling module (bins 1, 2, 3, 6, summed as
+      and 4; ``backbone_width`` times ResNet-50's widths, 0.5 in the released
+      model) to a 1/32 map, the pyramid pooling module (bins 1, 2, 3, 6, summed as
       in the released model) and a 1x1 conv to 256 channels;
     * medium: the input downsampled to 1/2 goes through the SAME layers (shared
       weights) as the low branch up to the first block of stage 2, giving a 1/16
-      map with 256 channels;
+      map with 256 channels (512 with ``backbone_width=1.0``);
     * high: the full input goes through three 3x3 stride-2 convs (32, 32, 64) to 1/8.
 
     A cascade feature fusion unit fuses low with medium (1/16) and another the result
@@ -59,18 +65,38 @@ def icnet(
     ``loss_weights=[1.0, 0.4, 0.4]``: the 1/4 guidance output is ``final`` itself
     (returning it twice would only duplicate the tensor).
 
+    ImageNet start: the paper trains a full-width PSPNet50-style network from
+    ImageNet weights and then prunes it to half width. ``backbone_width=1.0,
+    deep_stem=False, encoder_weights="imagenet"`` (or the path of a
+    ``keras.applications.ResNet50`` weights file, ``include_top=False``) builds the
+    unpruned network and loads keras' ImageNet ResNet-50 into its shared and
+    unshared ResNet layers (stem, stage 1 and the first block of stage 2 in the
+    shared sub-model ``{name}_shared``, the rest in the low branch) by a checked
+    mapping (:func:`kseg.models.pretrained.load_resnet`: every tensor assigned
+    once, conv biases folded into the BN moving means, BN epsilon 1.001e-5, the
+    first kernel turned from BGR to RGB). With ``C != 3`` input channels the first
+    kernel is adapted (:func:`kseg.models.pretrained.adapt_input_kernel`: ``C = 1``
+    sums the RGB kernels, ``C > 3`` cycles them scaled by ``3 / C``); the high
+    branch, the pyramid pooling and the CFF units start random.
+
     Differences from the paper:
-        * Widths are those of the released (compressed) ICNet: half of PSPNet's
-          ResNet-50 (stem 32-32-64, stage outputs 128, 256, 512, 1024).
+        * Default widths are those of the released (compressed) ICNet: half of
+          PSPNet's ResNet-50 (stem 32-32-64, stage outputs 128, 256, 512, 1024).
+          The kernel pruning that produced them is not implemented; an ImageNet
+          start gives the unpruned network (``backbone_width=1.0``), about 4x the
+          backbone compute.
+        * The ImageNet start uses He et al.'s 7x7 stem (``deep_stem=False``):
+          keras ships no ImageNet weights of PSPNet's deep stem.
         * The low branch runs the shared layers on the 1/4 image, as the paper
           describes; the released Caffe model instead downsamples the medium
           branch's 1/16 features by 2, which saves a little compute.
         * Downsampling the input by 2 is 2x2 average pooling (what bilinear
           resizing by 1/2 with half-pixel centres computes); the 1/4 image is the
           1/2 image pooled again.
-        * Bottlenecks stride on the 3x3 conv (ResNet v1.5) and their last BN starts
-          with gamma = 0 (zero-init residual); Keras BN momentum; no pretrained
-          weights; half-pixel (``align_corners=False``) resizing.
+        * Bottlenecks stride on the first 1x1 conv (as in the Caffe ResNets) and
+          their last BN starts with gamma = 0 (zero-init residual, replaced by the
+          loaded weights in an ImageNet start); Keras BN momentum; half-pixel
+          (``align_corners=False``) resizing.
         * The cascade outputs are at input resolution instead of compared with
           downsampled labels.
 
@@ -81,6 +107,13 @@ def icnet(
         activation: ``"softmax"`` (default), ``"sigmoid"`` or ``None`` for logits.
         bins: pyramid pooling bin sizes.
         cascade_outputs: also return the two auxiliary outputs (for training).
+        backbone_width: the ResNet's widths as a fraction of ResNet-50's (0.5:
+            the released compressed model; 1.0: unpruned, needed for
+            ``encoder_weights``).
+        deep_stem: PSPNet's three-conv stem (default) or He et al.'s 7x7 one
+            (needed for ``encoder_weights``).
+        encoder_weights: ``None`` (random), ``"imagenet"`` or a
+            ``keras.applications.ResNet50`` weights file.
         width_multiplier: scales every channel count (for tiny test models).
         name: model name and layer-name prefix.
 
@@ -91,22 +124,35 @@ def icnet(
     Example:
         >>> model = icnet(n_classes=19, input_shape=(1024, 2048, 3))
         >>> train_model = icnet(19, (512, 512, 3), cascade_outputs=True)
+        >>> imagenet = icnet(19, (512, 512, 3), backbone_width=1.0, deep_stem=False,
+        ...                  encoder_weights="imagenet")
         >>> train_model.compile("adam", ["sparse_categorical_crossentropy"] * 3,
         ...                     loss_weights=[1.0, 0.4, 0.4])
     """
     C.positive_number("icnet", "width_multiplier", width_multiplier, " (1.0 = paper)")
     C.flag("icnet", "cascade_outputs", cascade_outputs)
+    C.flag("icnet", "deep_stem", deep_stem)
+    C.positive_number("icnet", "backbone_width", backbone_width, " (0.5 = released model)")
     C.positive_ints(
         "icnet", "bins", bins, hint=" (paper: 1, 2, 3, 6)",
         what="a sequence of bin sizes, and each pyramid bin must be a positive integer",
     )
+    P.check_start("icnet", encoder_weights, width_multiplier, deep_stem)
+    source = None
+    if encoder_weights is not None:
+        if backbone_width != 1:
+            raise ModelConfigError(
+                f"icnet: encoder_weights={encoder_weights!r} needs ResNet-50's widths; pass "
+                f"backbone_width=1.0 (received {backbone_width!r}) or encoder_weights=None"
+            )
+        source = P.read_resnet("icnet", "resnet50", encoder_weights, name)
     wm = width_multiplier
-    bw = 0.5 * wm  # the released ICNet halves PSPNet's ResNet-50 widths
+    bw = backbone_width * wm  # the released ICNet halves PSPNet's ResNet-50 widths
     inputs = keras.Input(shape=input_shape, name=f"{name}_input")
 
     # Layers shared by the medium (1/2) and low (1/4) branches: output stride 8.
     shared_in = keras.Input(shape=(None, None, input_shape[2]), name=f"{name}_shared_input")
-    s = resnet_stem(shared_in, f"{name}_stem", deep_stem=True, width_multiplier=bw)
+    s = resnet_stem(shared_in, f"{name}_stem", deep_stem=deep_stem, width_multiplier=bw)
     s = resnet_stage(s, L.scaled(RESNET_FILTERS[0], bw), 3, f"{name}_stage1")
     s = resnet_stage(s, L.scaled(RESNET_FILTERS[1], bw), 1, f"{name}_stage2", strides=2)
     shared = keras.Model(shared_in, s, name=f"{name}_shared")
@@ -137,4 +183,7 @@ def icnet(
         for tag, aux in (("aux16", aux16), ("aux8", aux8)):
             aux = L.ResizeLike(name=f"{name}_{tag}_upsample")([aux, inputs])
             outputs.append(L.output_activation(aux, n_classes, f"{name}_{tag}", activation))
-    return keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, outputs, name=name)
+    if source is not None:
+        P.load_resnet(model, source, name, RESNET_BLOCKS["resnet50"])
+    return model

@@ -51,8 +51,8 @@ def mobilenet_unet(
             ``"sigmoid"`` or ``None`` for logits.
         alpha: MobileNet width multiplier (ImageNet weights exist for 0.25, 0.5,
             0.75, 1.0).
-        encoder_weights: ``None`` (random) or ``"imagenet"`` (3 channels; inputs
-            preprocessed like ``--image_init sub_and_divide``).
+        encoder_weights: ``None`` (random) or ``"imagenet"`` or a local weights file
+            (inputs preprocessed like ``--image_init sub_and_divide``; other channel counts adapt the first kernel: :mod:`kseg.models.pretrained`).
         decoder_filters: widths of the decoder blocks at strides 16, 8, 4, 2, 1.
         name: model name and prefix of the decoder's layer names.
 
@@ -107,6 +107,13 @@ def mobilenet_fcn8(
     learned from their bilinear start, and nothing but the output activation
     follows the scores.
 
+    Not applied: the at-once FCN-8s's fixed scaling of the skips (pool4 x 0.01,
+    pool3 x 0.0001, ``fcn8``'s ``pool_scaling``). Those factors were set for
+    VGG16's unnormalised pool3/pool4 features (no BN, inputs in 0-255 minus the
+    mean) against its fc7 stream; MobileNet's taps are batch-normalised and
+    ReLU6-clipped to [0, 6] at every depth, so the three streams start at
+    comparable scales, and the factors would all but silence the two skips.
+
     Differences from the paper:
         - MobileNet replaces VGG16, and the class scores are computed directly
           on MobileNet's last feature map (MobileNet has no fc6/fc7 layers to
@@ -123,8 +130,8 @@ def mobilenet_fcn8(
             ``"sigmoid"`` or ``None`` for logits.
         alpha: MobileNet width multiplier (ImageNet weights exist for 0.25, 0.5,
             0.75, 1.0).
-        encoder_weights: ``None`` (random) or ``"imagenet"`` (3 channels; inputs
-            preprocessed like ``--image_init sub_and_divide``).
+        encoder_weights: ``None`` (random) or ``"imagenet"`` or a local weights file
+            (inputs preprocessed like ``--image_init sub_and_divide``; other channel counts adapt the first kernel: :mod:`kseg.models.pretrained`).
         name: model name and prefix of the head's layer names.
 
     Returns:

@@ -5,6 +5,7 @@ from keras import layers
 
 from kseg.models import _checks as C
 from kseg.models import layers as L
+from kseg.models import pretrained as P
 from kseg.models._context_blocks import pyramid_pooling
 from kseg.models.registry import register_model
 from kseg.models.resnet import RESNET_BLOCKS, dilated_resnet
@@ -32,6 +33,7 @@ def pspnet(
     backbone="resnet50",
     output_stride=8,
     deep_stem=True,
+    encoder_weights=None,
     bins=(1, 2, 3, 6),
     dropout=0.1,
     aux_head=False,
@@ -55,16 +57,30 @@ def pspnet(
     weight 0.4. Train with batches of several images: the 1x1 bin's BN sees one
     value per channel per image (the paper used batch 16).
 
+    ImageNet start: ``encoder_weights="imagenet"`` (or the path of a
+    ``keras.applications.ResNet50/101`` weights file, ``include_top=False``) loads
+    keras' ImageNet ResNet into the backbone by a checked layer mapping
+    (:func:`kseg.models.pretrained.load_resnet`: every tensor assigned once, conv
+    biases folded into the BN moving means, BN epsilon 1.001e-5 copied, the first
+    kernel turned from BGR to RGB). It needs ``deep_stem=False`` and
+    ``width_multiplier=1.0``. With ``C != 3`` input channels the first kernel is
+    adapted (:func:`kseg.models.pretrained.adapt_input_kernel`: ``C = 1`` sums the
+    RGB kernels, ``C > 3`` cycles them scaled by ``3 / C``). The head starts random.
+
     Differences from the paper:
         * The stem is the paper's deep stem (three 3x3 convs, 64-64-128, as in the
           released PSPNet ResNets); ``deep_stem=False`` gives He et al.'s 7x7 stem.
-        * Bottlenecks stride on the 3x3 conv (ResNet v1.5), not on the first 1x1,
-          and their last BN starts with gamma = 0 ("zero-init residual", for
-          training from scratch; the paper starts from ImageNet weights).
+          The paper started its deep-stem ResNets from its own ImageNet training,
+          whose weights keras does not ship: the ImageNet start here is He et
+          al.'s ResNet (7x7 stem) as converted by ``keras.applications``.
+        * Bottlenecks stride on the first 1x1 conv, as in the Caffe ResNets; their
+          last BN starts with gamma = 0 ("zero-init residual", for training from
+          scratch; replaced by the loaded weights in an ImageNet start).
         * Upsampling uses half-pixel bilinear resizing (``align_corners=False``);
           the Caffe model used ``align_corners=True`` with 8k+1 crops (473).
-        * BN uses Keras momentum 0.9 and epsilon 1e-3; there are no pretrained
-          weights (the backbone trains from scratch unless you load weights).
+        * BN uses Keras momentum 0.9 and epsilon 1e-3 (1.001e-5 in the backbone
+          with ImageNet weights); without ``encoder_weights`` the backbone trains
+          from scratch, which the paper never did.
 
     Args:
         n_classes: number of classes (1 = binary with a sigmoid output).
@@ -75,6 +91,9 @@ def pspnet(
         output_stride: 8 (paper) or 16 (cheaper: stage 3 strides, dilation 2 in
             stage 4 only).
         deep_stem: the three-conv stem (default) or the 7x7 one.
+        encoder_weights: ``None`` (random), ``"imagenet"`` or a
+            ``keras.applications`` ResNet weights file of ``backbone`` (needs
+            ``deep_stem=False``).
         bins: pyramid bin sizes.
         dropout: dropout rate before the classifiers.
         aux_head: also return the auxiliary output (for training).
@@ -87,6 +106,7 @@ def pspnet(
 
     Example:
         >>> model = pspnet(n_classes=21, input_shape=(480, 480, 3))
+        >>> imagenet = pspnet(21, (480, 480, 3), deep_stem=False, encoder_weights="imagenet")
         >>> train_model = pspnet(21, (480, 480, 3), aux_head=True)
         >>> train_model.compile("adam", ["sparse_categorical_crossentropy"] * 2,
         ...                     loss_weights=[1.0, 0.4])
@@ -100,6 +120,10 @@ def pspnet(
         MODEL, "bins", bins, hint=" (paper: 1, 2, 3, 6)",
         what="a sequence of bin sizes, and each pyramid bin must be a positive integer",
     )
+    P.check_start(MODEL, encoder_weights, width_multiplier, deep_stem)
+    source = None
+    if encoder_weights is not None:  # read before building: a bad value fails fast
+        source = P.read_resnet(MODEL, backbone, encoder_weights, f"{name}_backbone")
     inputs = keras.Input(shape=input_shape, name=f"{name}_input")
     features = dilated_resnet(
         inputs,
@@ -121,4 +145,7 @@ def pspnet(
         a = layers.Conv2D(n_classes, 1, name=f"{name}_aux_logits")(a)
         a = L.ResizeLike(name=f"{name}_aux_upsample")([a, inputs])
         outputs = [outputs, L.output_activation(a, n_classes, f"{name}_aux", activation)]
-    return keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, outputs, name=name)
+    if source is not None:
+        P.load_resnet(model, source, f"{name}_backbone", RESNET_BLOCKS[backbone])
+    return model

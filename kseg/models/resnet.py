@@ -6,6 +6,14 @@ written out layer by layer so the last stages can trade stride for dilation
 ("atrous" convolution, Yu & Koltun 2016; Chen et al. 2017) and keep an output
 stride of 8 or 16, and so widths can be scaled down for tests.
 
+The bottlenecks are those of the Caffe ResNets of He et al. (2016) that the
+DeepLab and PSPNet papers fine-tuned, and of ``keras.applications.ResNet50/101``
+(converted from them): the stride sits on the first 1x1 conv, and the 7x7 stem
+pads its input by 3 and its max pool by 1 on every side. So ImageNet weights
+load into these layers exactly (:func:`kseg.models.pretrained.load_resnet`):
+every kernel keeps the role it was trained in. kseg's convolutions have no bias
+(BN follows each one); a loaded conv bias is folded into the BN moving mean.
+
 The helpers are functional: they take a tensor and a ``name`` prefix and return
 tensors; every layer gets a name derived from the prefix. No models are
 registered here.
@@ -44,19 +52,21 @@ def residual_conv_bn(x, filters, kernel_size, name):
 
 
 def bottleneck(x, filters, name, strides=1, dilation=1, expansion=4):
-    """ResNet bottleneck: 1x1 reduce, 3x3 (stride/dilation), 1x1 expand, residual add.
+    """ResNet bottleneck: 1x1 reduce (stride), 3x3 (dilation), 1x1 expand, residual add.
 
-    The stride sits on the 3x3 conv (ResNet "v1.5"). A 1x1 projection with BN
-    (``{name}_proj``) replaces the identity when the stride or the channel count
-    changes. The expand BN starts with gamma = 0 (:func:`residual_conv_bn`).
-    Output has ``filters * expansion`` channels.
+    The stride sits on the first 1x1 conv, as in He et al.'s Caffe ResNets used by
+    DeepLab and PSPNet and in ``keras.applications`` (ResNet "v1"; torchvision's
+    "v1.5" strides on the 3x3 instead), so ImageNet weights load as trained. A 1x1
+    projection with BN (``{name}_proj``) replaces the identity when the stride or
+    the channel count changes. The expand BN starts with gamma = 0
+    (:func:`residual_conv_bn`). Output has ``filters * expansion`` channels.
     """
     out = filters * expansion
     shortcut = x
     if strides != 1 or x.shape[-1] != out:
         shortcut = L.conv_bn_act(x, out, 1, strides=strides, activation=None, name=f"{name}_proj")
-    y = L.conv_bn_act(x, filters, 1, name=f"{name}_reduce")
-    y = L.conv_bn_act(y, filters, 3, strides=strides, dilation_rate=dilation, name=f"{name}_conv")
+    y = L.conv_bn_act(x, filters, 1, strides=strides, name=f"{name}_reduce")
+    y = L.conv_bn_act(y, filters, 3, dilation_rate=dilation, name=f"{name}_conv")
     y = residual_conv_bn(y, out, 1, f"{name}_expand")
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.Activation("relu", name=f"{name}_out")(y)
@@ -65,18 +75,26 @@ def bottleneck(x, filters, name, strides=1, dilation=1, expansion=4):
 def resnet_stem(x, name, deep_stem=True, width_multiplier=1.0):
     """ResNet stem, output stride 4.
 
-    ``deep_stem=True`` (PSPNet's ResNet): three 3x3 convs (64 stride 2, 64, 128);
-    ``False`` (He et al. 2016): one 7x7 stride-2 conv with 64 filters. Both are
-    followed by BN/ReLU and a 3x3 stride-2 max pool.
+    ``deep_stem=True`` (PSPNet's ResNet): three 3x3 convs (64 stride 2, 64, 128),
+    each followed by BN/ReLU, and a 3x3 stride-2 max pool ("same" padding).
+    ``False`` (He et al. 2016, ``keras.applications``): the input padded by 3 on
+    every side (``{name}_conv1_pad``), one 7x7 stride-2 conv with 64 filters, BN,
+    ReLU, padding by 1 (``{name}_pool_pad``) and a 3x3 stride-2 max pool; the
+    symmetric padding puts the windows where the ImageNet weights were trained
+    (``padding="same"`` would shift them by one pixel). Output size is
+    ``ceil(ceil(H / 2) / 2)`` either way.
     """
     w = width_multiplier
     if deep_stem:
         x = L.conv_bn_act(x, L.scaled(64, w), 3, strides=2, name=f"{name}_conv1")
         x = L.conv_bn_act(x, L.scaled(64, w), 3, name=f"{name}_conv2")
         x = L.conv_bn_act(x, L.scaled(128, w), 3, name=f"{name}_conv3")
-    else:
-        x = L.conv_bn_act(x, L.scaled(64, w), 7, strides=2, name=f"{name}_conv1")
-    return layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_pool")(x)
+        return layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_pool")(x)
+    x = layers.ZeroPadding2D(3, name=f"{name}_conv1_pad")(x)
+    x = L.conv_bn_act(x, L.scaled(64, w), 7, strides=2, padding="valid", name=f"{name}_conv1")
+    # after the ReLU every value is >= 0, so the zero padding changes no maximum
+    x = layers.ZeroPadding2D(1, name=f"{name}_pool_pad")(x)
+    return layers.MaxPooling2D(3, strides=2, name=f"{name}_pool")(x)
 
 
 def resnet_stage(x, filters, n_blocks, name, strides=1, dilation=1, first=1):
@@ -110,7 +128,8 @@ def dilated_resnet(
         name: layer-name prefix (``{name}_stem_...``, ``{name}_stage3_block2_...``).
         backbone: ``"resnet50"`` or ``"resnet101"``.
         output_stride: 8 or 16.
-        deep_stem: three 3x3 stem convs (PSPNet) instead of one 7x7.
+        deep_stem: three 3x3 stem convs (PSPNet) instead of one 7x7 (the 7x7 stem
+            is the one keras.applications' ImageNet weights have).
         width_multiplier: scales every channel count (1.0 = the paper's).
 
     Returns:

@@ -46,8 +46,9 @@ def vggunet(
         input_shape: ``(height, width, channels)``; ``None`` sizes allowed, at least 32.
         activation: ``"softmax"`` (``"sigmoid"`` when ``n_classes == 1``),
             ``"sigmoid"`` or ``None`` for logits.
-        encoder_weights: ``None`` (random) or ``"imagenet"`` (3 channels; inputs
-            preprocessed like ``--image_init sub_mean``).
+        encoder_weights: ``None`` (random) or ``"imagenet"`` or a local weights file
+            (inputs preprocessed like ``--image_init sub_mean``, RGB: the BGR-trained first
+            kernel is reversed; other channel counts adapt the first kernel: :mod:`kseg.models.pretrained`).
         decoder_filters: widths of the decoder blocks at strides 16, 8, 4, 2, 1.
         name: model name and prefix of the decoder's layer names.
 

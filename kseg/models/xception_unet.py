@@ -92,8 +92,8 @@ def unet_xception_resnetblock(
         input_shape: ``(height, width, channels)``; ``None`` sizes allowed, at least 32.
         activation: ``"softmax"`` (``"sigmoid"`` when ``n_classes == 1``),
             ``"sigmoid"`` or ``None`` for logits.
-        encoder_weights: ``None`` (random) or ``"imagenet"`` (3 channels; inputs
-            preprocessed like ``--image_init sub_and_divide``).
+        encoder_weights: ``None`` (random) or ``"imagenet"`` or a local weights file
+            (inputs preprocessed like ``--image_init sub_and_divide``; other channel counts adapt the first kernel: :mod:`kseg.models.pretrained`).
         start_filters: decoder width unit (the kernel's ``start_neurons``, 16).
         dropout: dropout rate of the decoder levels (halved before the classifier).
         name: model name and prefix of the decoder's layer names.

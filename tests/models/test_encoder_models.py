@@ -145,9 +145,10 @@ def test_encoder_argument_errors():
         build_encoder("vgg16", input_shape=(64, 64, 3), weights="imagenet21k")
     with pytest.raises(EncoderConfigError, match="use 32"):
         build_encoder("vgg16", input_shape=(64, 64, 3), output_stride=16)
-    # pretrained weights need RGB input; raised before anything is downloaded
+    # EfficientNet's pretrained input normalisation is RGB-only (other encoders adapt
+    # their first conv: tests/models/test_imagenet_start.py); raised before any download
     with pytest.raises(InputShapeError, match="3 input channels, got 1"):
-        build_encoder("vgg16", input_shape=(64, 64, 1), weights="imagenet")
+        build_encoder("efficientnetb0", input_shape=(64, 64, 1), weights="imagenet")
     # keras.applications has no ImageNet MobileNet with alpha=0.3: a KsegError, no download
     with pytest.raises(EncoderConfigError, match="alpha"):
         build_encoder("mobilenet", input_shape=(64, 64, 3), weights="imagenet", alpha=0.3)

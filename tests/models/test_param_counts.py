@@ -2,7 +2,8 @@
 (n_classes=2), so an architecture cannot drift silently.
 
 Several are also checked against independent figures elsewhere: unet 31.0M (the
-paper's U-Net with BN), enet 0.37M (paper), segnet 29.5M (paper), hrnet W18
+paper's U-Net with BN), enet 0.37M (paper), segnet 29.5M (paper; hand count of the
+authors' Caffe model beside its entry), hrnet W18
 9.6M (paper), icnet 6.7M, and hand counts in the family test files. A change
 here must be deliberate: update the number and say why in the commit.
 """
@@ -16,6 +17,8 @@ GOLDEN = {
     "attunet": 32_094_918,
     "deeplab_v2": 37_799_752,
     "deeplabv3plus": 40_431_170,
+    # ENet: paper 0.37M (arXiv:1606.02147, its parameter comparison with SegNet). Dropping the decoder's spatial
+    # dropout (as the authors' decoder.lua) changed no parameter count.
     "enet": 370_865,
     "fcn8": 134_271_430,
     "hrnet": 9_670_718,
@@ -26,7 +29,20 @@ GOLDEN = {
     "r2attunet": 36_706_374,
     "r2unet": 35_660_930,
     "scseunet": 32_801_739,
-    "segnet": 29_488_194,
+    # SegNet: the authors' Caffe model (SegNet-Tutorial segnet_train.prototxt, 11 classes)
+    # has 29,449,355 parameters (paper: 29.5M), by hand from its layer list:
+    #   encoder conv kernels 3*3*(3*64 + 64*64 + 64*128 + 128*128 + 128*256 + 2*256*256
+    #     + 256*512 + 5*512*512) = 14,710,464 over 4,224 output channels;
+    #   decoder conv5_3_D..conv1_2_D kernels 3*3*(5*512*512 + 512*256 + 2*256*256 + 256*128
+    #     + 128*128 + 128*64 + 64*64) = 14,708,736 over 3,712 output channels;
+    #   each of those 7,936 channels has a conv bias and a BN scale and shift (3 * 7,936);
+    #   classifier conv1_1_D 3x3 64 -> 11 with bias: 6,336 + 11;
+    #   14,710,464 + 14,708,736 + 23,808 + 6,347 = 29,449,355.
+    # kseg (n_classes=2): no conv bias before BN, Keras' BN counts 4 values per channel
+    # (gamma, beta, moving mean, moving variance), a 1x1 classifier:
+    #   14,710,464 + 14,708,736 + 4 * 7,936 + (64*2 + 2) = 29,451,074.
+    # (Before the decoder fix: one 64 -> 64 conv-BN more, + 36,864 + 256 = 29,488,194.)
+    "segnet": 29_451_074,
     "seunet": 31_270_714,
     "unet": 31_049_474,
     "unet++": 9_053_154,
