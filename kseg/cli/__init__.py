@@ -24,6 +24,7 @@ COMMANDS = {
     "json_to_dataset": ("json_to_dataset", "labelme JSON annotations -> a kseg dataset"),
     "coco_to_masks": ("coco_to_masks", "COCO instance annotations -> a kseg dataset"),
     "convert_colors": ("convert_colors", "colour-coded masks -> index masks (and back)"),
+    "convert_weights": ("convert_weights", "official pretrained checkpoints (HRNet ImageNet) -> a kseg weights file"),
     "augment": ("augment", "mask-safe offline augmentation of a dataset folder"),
     "doctor": ("doctor", "check a dataset folder (pairs, label values, class statistics)"),
     "benchmark": ("benchmark", "speed, FLOPs and memory of models on this machine"),

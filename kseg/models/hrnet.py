@@ -4,6 +4,7 @@ import keras
 from keras import layers
 
 from kseg.models import _checks as C
+from kseg.models import hrnet_weights as W
 from kseg.models import layers as L
 from kseg.models.registry import register_model
 from kseg.models.resnet import bottleneck, residual_conv_bn
@@ -20,7 +21,22 @@ def basic_block(x, filters, name):
     return layers.Activation("relu", name=f"{name}_out")(y)
 
 
-def transition(branches, widths, name):
+def strided_conv_bn_act(x, filters, name, activation="relu", symmetric_padding=False):
+    """A 3x3 stride-2 conv-BN(-activation) (:func:`kseg.models.layers.conv_bn_act`).
+
+    ``symmetric_padding=True`` pads one pixel on every side (``{name}_pad``) and
+    convolves without padding, as PyTorch's ``padding=1`` does; the default "same"
+    padding of TensorFlow pads only the bottom and right of an even-sized input, so
+    the output samples sit one input pixel further down and right. Both give
+    ``ceil(size / 2)`` outputs and the same weights.
+    """
+    if symmetric_padding:
+        x = layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
+        return L.conv_bn_act(x, filters, 3, strides=2, padding="valid", activation=activation, name=name)
+    return L.conv_bn_act(x, filters, 3, strides=2, activation=activation, name=name)
+
+
+def transition(branches, widths, name, symmetric_padding=False):
     """Adapt the branches of a stage to the next stage and start one new branch.
 
     Existing branch ``i`` gets a 3x3 conv-BN-ReLU to ``widths[i]`` channels when its
@@ -35,11 +51,12 @@ def transition(branches, widths, name):
             x = L.conv_bn_act(x, w, 3, name=f"{name}_branch{i + 1}")
         out.append(x)
     n = len(branches)
-    out.append(L.conv_bn_act(branches[-1], widths[n], 3, strides=2, name=f"{name}_branch{n + 1}"))
+    out.append(strided_conv_bn_act(branches[-1], widths[n], f"{name}_branch{n + 1}",
+                                   symmetric_padding=symmetric_padding))
     return out
 
 
-def fuse(branches, name):
+def fuse(branches, name, symmetric_padding=False):
     """Multi-resolution fusion: every output branch sums all input branches.
 
     For output ``i`` and input ``j``: ``j == i`` is the identity; a lower
@@ -61,13 +78,12 @@ def fuse(branches, name):
             elif j < i:
                 for k in range(i - j):
                     last = k == i - j - 1
-                    x = L.conv_bn_act(
+                    x = strided_conv_bn_act(
                         x,
                         width if last else x.shape[-1],
-                        3,
-                        strides=2,
+                        f"{p}_down{k + 1}",
                         activation=None if last else "relu",
-                        name=f"{p}_down{k + 1}",
+                        symmetric_padding=symmetric_padding,
                     )
             terms.append(x)
         y = layers.Add(name=f"{name}_{i + 1}_sum")(terms)
@@ -75,14 +91,14 @@ def fuse(branches, name):
     return out
 
 
-def hr_module(branches, n_blocks, name):
+def hr_module(branches, n_blocks, name, symmetric_padding=False):
     """An HRNet module: ``n_blocks`` basic blocks per branch, then :func:`fuse`."""
     out = []
     for i, x in enumerate(branches):
         for b in range(1, n_blocks + 1):
             x = basic_block(x, x.shape[-1], f"{name}_branch{i + 1}_block{b}")
         out.append(x)
-    return fuse(out, f"{name}_fuse")
+    return fuse(out, f"{name}_fuse", symmetric_padding)
 
 
 @register_model(
@@ -100,6 +116,8 @@ def hrnet(
     width=18,
     stage_modules=(1, 4, 3),
     num_blocks=4,
+    encoder_weights=None,
+    symmetric_padding=False,
     name="hrnet",
 ):
     """HRNetV2: four parallel resolutions with repeated fusion and a concatenating head.
@@ -120,13 +138,32 @@ def hrnet(
     (``15C`` channels), applies a 1x1 conv-BN-ReLU with ``15C`` channels and a
     linear 1x1 classifier; the class scores are bilinearly resized to the input.
 
+    The backbone corresponds layer for layer (same convs, BNs, order and shapes)
+    to the official network (HRNet/HRNet-Image-Classification ``cls_hrnet.py``,
+    HRNet-Semantic-Segmentation ``seg_hrnet.py``) at the default ``stage_modules``
+    and ``num_blocks``, so the official ImageNet checkpoints load into it after
+    conversion (``encoder_weights``, :mod:`kseg.models.hrnet_weights`).
+
     Differences from the paper:
-        * BN uses Keras momentum 0.9 (PyTorch 0.1) and epsilon 1e-3; no
-          ImageNet pretraining; the last BN of every residual block starts with
-          gamma = 0 (zero-init residual, for training from scratch).
-        * Strided convs use TensorFlow "same" padding (asymmetric for even sizes).
+        * BN uses Keras momentum 0.9 (PyTorch 0.1) and epsilon 1e-3 (PyTorch
+          1e-5); the last BN of every residual block starts with gamma = 0
+          (zero-init residual, for training from scratch). With
+          ``encoder_weights`` the backbone BNs take the checkpoint's values and
+          epsilon 1e-5; the head stays random.
+        * Strided 3x3 convs use TensorFlow "same" padding by default: for the even
+          sizes HRNet always sees, it pads only the bottom and right, where PyTorch
+          pads one pixel on each side, so every stride-2 output sits one input pixel
+          further down-right (features shift by up to half a pixel per stride-2
+          step; ImageNet weights still work but the outputs are not the official
+          ones). ``symmetric_padding=True`` pads like PyTorch (a ``ZeroPadding2D``
+          before each stride-2 conv; same weights and sizes) and is recommended with
+          ``encoder_weights``.
+        * The fusion upsamples bilinearly (as the official segmentation code; its
+          ImageNet classifier used nearest-neighbour upsampling there). The head's
+          first 1x1 conv has no bias (the official one has a bias followed by BN).
         * ``num_blocks`` and ``stage_modules`` can be lowered, and ``width`` takes
-          any positive value (the paper's are 18, 32 and 48), for small models.
+          any positive value (the paper's are 18, 32 and 48), for small models;
+          pretrained weights need the paper's structure.
 
     Args:
         n_classes: number of classes (1 = binary with a sigmoid output).
@@ -137,14 +174,34 @@ def hrnet(
             default), 32 (W32) or 48 (W48).
         stage_modules: number of modules in stages 2, 3 and 4.
         num_blocks: bottlenecks in stage 1 and basic blocks per branch per module.
+        encoder_weights: ``None`` (random), ``"imagenet"`` (the converted official
+            ImageNet checkpoint of this width at
+            ``$KERAS_HOME/models/kseg_hrnetv2_w{width}_imagenet.npz``, ``KERAS_HOME``
+            defaulting to ``~/.keras``; made by ``kseg convert_weights hrnet
+            hrnetv2_w{width}_imagenet_pretrained.pth``) or the path of such a file.
+            Needs the default ``stage_modules``/``num_blocks``; every backbone
+            weight is loaded and checked, the head stays random. With ``C != 3``
+            input channels the RGB stem kernel is adapted
+            (:func:`kseg.models.pretrained.adapt_input_kernel`). Inputs should be
+            normalised like ImageNet's for the best start.
+        symmetric_padding: pad stride-2 convs one pixel on every side, as PyTorch
+            does (see "Differences from the paper").
         name: model name and layer-name prefix.
 
     Returns:
         A ``keras.Model`` mapping ``(B, H, W, C)`` to ``(B, H, W, n_classes)``.
 
+    Raises:
+        EncoderWeightsError: ``encoder_weights`` names a missing or unreadable file
+            (the message gives the convert command).
+        EncoderConfigError: a weights file of another width, or weights with a
+            non-default ``stage_modules``/``num_blocks``.
+
     Example:
         >>> model = hrnet(n_classes=19, input_shape=(512, 1024, 3))  # HRNetV2-W18
         >>> w32 = hrnet(n_classes=19, width=32)
+        >>> # after: kseg convert_weights hrnet hrnetv2_w48_imagenet_pretrained.pth
+        >>> w48 = hrnet(19, width=48, encoder_weights="imagenet", symmetric_padding=True)  # doctest: +SKIP
     """
     C.positive_int("hrnet", "width", width, " (paper: 18, 32 or 48)")
     C.positive_int("hrnet", "num_blocks", num_blocks, " (paper: 4)")
@@ -154,17 +211,23 @@ def hrnet(
     )
     widths = [width * 2**i for i in range(4)]
 
+    C.flag("hrnet", "symmetric_padding", symmetric_padding)
+    weights_file = W.resolve_weights(encoder_weights, width)
+    if weights_file is not None:  # refuse before building what the file cannot fill
+        W.check_weights_file(weights_file, width, stage_modules, num_blocks)
+    pad = bool(symmetric_padding)
+
     inputs = keras.Input(shape=input_shape, name=f"{name}_input")
-    x = L.conv_bn_act(inputs, 64, 3, strides=2, name=f"{name}_stem_conv1")
-    x = L.conv_bn_act(x, 64, 3, strides=2, name=f"{name}_stem_conv2")
+    x = strided_conv_bn_act(inputs, 64, f"{name}_stem_conv1", symmetric_padding=pad)
+    x = strided_conv_bn_act(x, 64, f"{name}_stem_conv2", symmetric_padding=pad)
     for b in range(1, num_blocks + 1):
         x = bottleneck(x, STAGE1_FILTERS, f"{name}_stage1_block{b}")
 
     branches = [x]
     for stage, n_modules in zip((2, 3, 4), stage_modules):
-        branches = transition(branches, widths[:stage], f"{name}_transition{stage - 1}")
+        branches = transition(branches, widths[:stage], f"{name}_transition{stage - 1}", pad)
         for m in range(1, n_modules + 1):
-            branches = hr_module(branches, num_blocks, f"{name}_stage{stage}_module{m}")
+            branches = hr_module(branches, num_blocks, f"{name}_stage{stage}_module{m}", pad)
 
     ups = [branches[0]] + [
         L.ResizeLike(name=f"{name}_head_up{i + 1}")([b, branches[0]])
@@ -175,4 +238,7 @@ def hrnet(
     x = layers.Conv2D(n_classes, 1, name=f"{name}_logits")(x)
     x = L.ResizeLike(name=f"{name}_upsample")([x, inputs])
     outputs = L.output_activation(x, n_classes, name, activation)
-    return keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, outputs, name=name)
+    if weights_file is not None:
+        W.load_into(model, weights_file, name)
+    return model
