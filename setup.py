@@ -27,6 +27,7 @@ setup(
         "numpy",
         "opencv-python",
         "pillow",
+        "tifffile",  # multi-band / 16-bit TIFF images (kseg.data.io)
         "Augmentor",
         "tensorboard",
         "pyyaml",

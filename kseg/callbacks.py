@@ -9,6 +9,7 @@ import numpy as np
 
 from kseg import experiment as X
 from kseg.files import atomic_path
+from kseg.models.freeze import freeze_encoder, frozen_layers, saved_unfrozen
 
 
 class ExperimentCheckpoint(keras.callbacks.Callback):
@@ -31,7 +32,9 @@ class ExperimentCheckpoint(keras.callbacks.Callback):
         self.movers = list(movers)
 
     def _save(self, name):
-        with atomic_path(os.path.join(self.folder, name)) as tmp:
+        # a frozen encoder is saved trainable: the optimizer in the file then matches the
+        # weights Keras rebuilds it for on --resume (kseg.models.freeze.saved_unfrozen)
+        with atomic_path(os.path.join(self.folder, name)) as tmp, saved_unfrozen(self.model):
             self.model.save(tmp)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -53,6 +56,29 @@ class ExperimentCheckpoint(keras.callbacks.Callback):
             self.folder = self.stage.promote()
         if improved and self.verbose:
             print(f"\nepoch {epoch + 1}: {self.monitor} improved to {value:.4f}, saved {X.BEST}", flush=True)
+
+
+class EncoderUnfreeze(keras.callbacks.Callback):
+    """``--freeze_encoder N``: makes the encoder trainable when epoch ``N`` (0-based) begins.
+
+    The optimizer already holds state for the encoder's weights (``kseg.training``
+    builds it over all of them before freezing), so only the train step is retraced:
+    the step count, the learning-rate schedule and the decoder's optimizer moments go
+    on unchanged.
+    """
+
+    def __init__(self, model_name, epoch):
+        super().__init__()
+        self.model_name = model_name
+        self.epoch = int(epoch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # ">=": a run that BackupAndRestore restarts past epoch N starts frozen too
+        if epoch < self.epoch or not frozen_layers(self.model):
+            return
+        freeze_encoder(self.model, self.model_name, frozen=False)
+        self.model.make_train_function(force=True)
+        print(f"\nepoch {epoch + 1}: encoder unfrozen (trained from here on)", flush=True)
 
 
 class ExperimentTensorBoard(keras.callbacks.TensorBoard):

@@ -126,6 +126,51 @@ def as_int_list(v, name="value"):
         raise ConfigError(f"{name}: expected positive integers like 30,60,90, got {v!r}") from None
 
 
+def as_float_list(v, name="value", positive=False):
+    """A list of finite numbers from a list or ``"0.5,0.25,1e3"`` (``positive``: each > 0)."""
+    items = v.split(",") if isinstance(v, str) else v
+    what = "positive numbers" if positive else "numbers"
+    try:
+        if isinstance(items, (int, float)) and not isinstance(items, bool):
+            items = [items]
+        out = [float(str(i).strip()) if isinstance(i, str) else float(i) for i in items
+               if not isinstance(i, bool)]
+        if len(out) != len(items) or not out:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected {what} like 0.5,0.25,0.75, got {v!r}") from None
+    if any(x != x or x in (float("inf"), float("-inf")) or (positive and x <= 0) for x in out):
+        raise ConfigError(f"{name}: expected finite {what}, got {v!r}")
+    return out
+
+
+def check_normalisation(input_channels, mean, std, image_init, where=""):
+    """The per-channel ``mean`` / ``std`` and ``image_init`` agree with ``input_channels`` (None: not known yet)."""
+    if (mean is None) != (std is None):
+        raise ConfigError(f"{where}--mean and --std go together: give both (std 1 for mean subtraction only)")
+    if mean is not None and len(mean) != len(std):
+        raise ConfigError(f"{where}--mean has {len(mean)} values but --std {len(std)}; give one per input channel")
+    if input_channels is not None and mean is not None and len(mean) != input_channels:
+        raise ConfigError(f"{where}--mean/--std have {len(mean)} values but --input_channels is {input_channels}; "
+                          "give one mean and one std per input channel")
+    if input_channels not in (None, 3) and mean is None and image_init == "sub_mean":
+        raise ConfigError(f"{where}--image_init sub_mean subtracts the ImageNet RGB mean, so it needs 3 channels "
+                          f"(--input_channels is {input_channels}); give --mean and --std instead")
+
+
+def as_freeze_epochs(v, name="value"):
+    """``--freeze_encoder``: epochs with the encoder frozen, ``-1`` (or ``all``) for the whole run, 0 = off."""
+    if (isinstance(v, str) and v.strip().lower() in ("all", "-1")) or (type(v) is int and v == -1):
+        return -1
+    if isinstance(v, str) and v.strip().lower() in ("off", "none"):
+        return 0
+    try:
+        return as_non_negative_int(v, name)
+    except ConfigError:
+        raise ConfigError(f"{name}: expected a number of epochs >= 0, or -1 / all for the whole run, "
+                          f"got {v!r}") from None
+
+
 def as_bool(v, name="value"):
     """``True``/``False`` from a bool or the spellings ``true/false``, ``1/0``, ``yes/no``, ``on/off``."""
     if isinstance(v, bool):
@@ -170,6 +215,9 @@ class TrainConfig:
     model_name: str = _field("unet", "a registered model (kseg models lists them)", group="model")
     model_option: dict = _field({}, "extra builder argument, repeatable (e.g. base_filters=32, encoder=resnet50)",
                                 group="model", flag="kv", metavar="KEY=VALUE")
+    freeze_encoder: int = _field(0, "train the first N epochs with the model's pretrained encoder frozen (its "
+                                    "BatchNorm in inference mode), then all of it; -1 or all: frozen for the whole "
+                                    "run; 0: off", group="model", check=as_freeze_epochs, metavar="N")
     # data
     dataset_name: str = _field("shapes", "dataset folder under --data_dir (the built-in 'shapes' is generated "
                                          "when missing)", group="data")
@@ -182,8 +230,20 @@ class TrainConfig:
                               check=_opt(as_positive_int))
     resize_op: int = _field(1, "1 = resize, 2 = letterbox (aspect kept, padded; undone at prediction)",
                             group="data", choices=RESIZE_OPS)
-    image_init: str = _field("divide", "input normalisation: x/255, x/127.5-1, or ImageNet mean subtraction",
+    image_init: str = _field("divide", "input normalisation: x/255, x/127.5-1, or ImageNet mean subtraction "
+                                       "(16-bit images: x/65535, x/32767.5-1; unused with --mean/--std)",
                              group="data", choices=IMAGE_INITS)
+    input_channels: int = _field(None, "channels of the network input: 1 grey, 3 RGB, 4 RGBA or bands, any N "
+                                       "for multi-band TIFFs (default: the dataset's dataset.json "
+                                       "input_channels, else 3; grey images are repeated and alpha dropped "
+                                       "for 3)", group="data", check=_opt(as_positive_int), metavar="N")
+    mean: list = _field(None, "per-channel mean, one per input channel, in the images' own units (0-255, "
+                              "16-bit: 0-65535); the input is (x - mean) / std instead of --image_init "
+                              "(default: dataset.json's mean; kseg doctor prints it)", group="data",
+                        check=_opt(as_float_list), metavar="M1,M2,...")
+    std: list = _field(None, "per-channel standard deviation, with --mean (default: dataset.json's std)",
+                       group="data", check=_opt(lambda v, name: as_float_list(v, name, positive=True)),
+                       metavar="S1,S2,...")
     ignore_index: int = _field(None, "label value excluded from losses and metrics (default: dataset's, else "
                                      f"{IGNORE_INDEX})", group="data")
     # experiment
@@ -282,6 +342,7 @@ class TrainConfig:
             raise ConfigError("--warmup_epochs and --warmup_steps both given; use one")
         if self.epochs is not None and self.iterations is not None:
             raise ConfigError("--epochs and --iterations both given; the budget is one of them")
+        check_normalisation(self.input_channels, self.mean, self.std, self.image_init)
         if self.early_stopping and not self.validate:
             raise ConfigError("--early_stopping watches the validation mean IoU; it needs --validate")
         if not isinstance(self.model_option, dict):
@@ -338,6 +399,11 @@ class ExperimentConfig:
     model_kwargs: dict = dataclasses.field(default_factory=dict)
     image_init: str = "divide"
     resize_op: int = 1
+    #: channels of the network input (3 for experiments written before kseg read other counts)
+    input_channels: int = 3
+    #: per-channel mean and std of the normalisation (None: ``image_init``), see kseg.data.preprocess
+    mean: list = None
+    std: list = None
     ignore_index: int = IGNORE_INDEX
     class_names: list = dataclasses.field(default_factory=list)
     palette: list = dataclasses.field(default_factory=list)
@@ -363,6 +429,11 @@ class ExperimentConfig:
             raise ConfigError(f"config.json image_init {self.image_init!r}: expected one of {', '.join(IMAGE_INITS)}")
         if self.resize_op not in RESIZE_OPS:
             raise ConfigError(f"config.json resize_op {self.resize_op!r}: expected 1 or 2")
+        self.input_channels = as_positive_int(self.input_channels, "config.json input_channels")
+        for name in ("mean", "std"):
+            if getattr(self, name) is not None:
+                setattr(self, name, as_float_list(getattr(self, name), f"config.json {name}", positive=name == "std"))
+        check_normalisation(self.input_channels, self.mean, self.std, self.image_init, "config.json: ")
         if not isinstance(self.model_kwargs, dict):
             raise ConfigError(f"config.json model_kwargs {self.model_kwargs!r}: expected an object")
         if not self.class_names:
@@ -371,6 +442,11 @@ class ExperimentConfig:
     @property
     def input_size(self):
         return (self.input_height, self.input_width)
+
+    @property
+    def channels(self):
+        """The model's input channels (``input_channels``)."""
+        return self.input_channels
 
     @property
     def n_values(self):

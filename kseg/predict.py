@@ -2,9 +2,10 @@
 
 A :class:`Predictor` wraps a "run" function (a Keras model, or an ONNX / TFLite /
 SavedModel session; see :mod:`kseg.runtime`) that maps a float32 batch
-``(B, h, w, 3)`` to probabilities ``(B, h, w, C)``, plus the experiment's preprocessing (``image_init``,
-``resize_op``, input size), and turns any RGB image into class probabilities
-and a mask at the image's own size:
+``(B, h, w, channels)`` to probabilities ``(B, h, w, C)``, plus the experiment's preprocessing
+(``input_channels``, ``mean`` / ``std`` or ``image_init``, ``resize_op``, input size), and turns
+an image -- as :func:`kseg.data.io.read_image` reads it for the model's channels, the
+reader training used -- into class probabilities and a mask at the image's own size:
 
 * ``mode="resize"``: resize (or letterbox) to the network size, predict, map the
   probabilities back (letterbox padding removed) and resize them bilinearly to
@@ -40,7 +41,7 @@ from collections import defaultdict
 import numpy as np
 
 from kseg.config import ExperimentConfig
-from kseg.data.io import read_image
+from kseg.data.io import Decoded, display_image, read_image, to_channels
 from kseg.data.preprocess import check_image_init, check_resize_op, network_input, normalize, restore_size
 from kseg.errors import KsegError
 from kseg.progress import Progress
@@ -124,12 +125,12 @@ class Predictor:
     """Predict masks at original resolution.
 
     Args:
-        run: callable mapping a float32 array ``(B, h, w, 3)`` to probabilities
+        run: callable mapping a float32 array ``(B, h, w, channels)`` to probabilities
             ``(B, h, w, C)`` (``C == 1``: one sigmoid channel, expanded to
             background/foreground).
         config: the experiment's ``config.json`` dict (needs ``input_height``,
-            ``input_width``, ``n_classes``; uses ``image_init``, ``resize_op``,
-            ``model_name`` when present).
+            ``input_width``, ``n_classes``; uses ``input_channels``, ``mean``, ``std``,
+            ``image_init``, ``resize_op``, ``model_name`` when present).
         mode: ``"resize"``, ``"slide"`` or ``"whole"``.
         tile: ``(h, w)`` of the sliding window (default: the network input size).
         stride: ``(h, w)`` step of the window (default: 2/3 of the tile).
@@ -156,6 +157,8 @@ class Predictor:
         self.batch_size = max(1, int(batch_size))
         self.image_init = check_image_init(config.image_init)
         self.resize_op = check_resize_op(config.resize_op)
+        self.channels = int(config.input_channels)
+        self.mean, self.std = config.mean, config.std
         self.n_classes = config.n_classes
         self.timer = None
         fixed = getattr(run, "input_size", None)
@@ -171,10 +174,16 @@ class Predictor:
                 known = True
             except Exception:
                 pass
+            rule = None
+            if spec is not None:  # the rule of the model WITH its options (a depth-3 U-Net takes 8s)
+                try:
+                    rule = spec.size_rule(**config.model_kwargs)
+                except Exception:  # options this kseg does not know: the default options' rule
+                    rule = (spec.divisor, spec.min_size)
             if divisor is None:
-                divisor = spec.divisor if spec is not None else DEFAULT_DIVISOR
+                divisor = rule[0] if rule is not None else DEFAULT_DIVISOR
             if min_size is None:
-                min_size = spec.min_size if spec is not None else divisor
+                min_size = rule[1] if rule is not None else divisor
         self.divisor = max(1, int(divisor))
         self.min_size = max(1, int(min_size))
 
@@ -249,8 +258,21 @@ class Predictor:
             )
         return _to_two_channels(out)
 
+    def _normalize(self, image):
+        return normalize(image, self.image_init, self.mean, self.std)
+
+    def _fit(self, image):
+        """An image as the model takes it: ``(H, W, channels)`` (a 2-D array is grey; the
+        channel rules of :func:`kseg.data.io.to_channels`)."""
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.ndim != 3:
+            raise KsegError(f"an image must be (H, W) or (H, W, C); received shape {image.shape}")
+        return to_channels(Decoded(image, False), self.channels, "the image")
+
     def _pad(self, x, H, W):
-        """Zero-pad a normalised ``(h, w, 3)`` image at the bottom/right to ``(H, W)``."""
+        """Zero-pad a normalised ``(h, w, C)`` image at the bottom/right to ``(H, W)``."""
         h, w = x.shape[:2]
         if (H, W) == (h, w):
             return x
@@ -281,7 +303,9 @@ class Predictor:
 
     # ------------------------------------------------------------------ public API
     def predict_proba_batch(self, images):
-        """Probabilities ``(H, W, C)`` at original size for a list of RGB uint8 images."""
+        """Probabilities ``(H, W, C)`` at original size for a list of images (``uint8`` or
+        ``uint16`` ``(H, W, channels)``, as :func:`kseg.data.io.read_image` gives them)."""
+        images = [self._fit(im) for im in images]
         if self.mode == "resize":
             return self._resize_batch(images)
         if self.mode == "whole":
@@ -289,11 +313,11 @@ class Predictor:
         return [self._slide(im) for im in images]
 
     def predict_proba(self, image):
-        """Probabilities ``(H, W, C)`` float32 at the size of one RGB uint8 image."""
+        """Probabilities ``(H, W, C)`` float32 at the size of one image."""
         return self.predict_proba_batch([image])[0]
 
     def predict(self, image):
-        """Mask ``(H, W)`` (class indices) for one RGB uint8 image."""
+        """Mask ``(H, W)`` (class indices) for one image."""
         return self.predict_batch([image])[0]
 
     def predict_batch(self, images):
@@ -305,7 +329,7 @@ class Predictor:
     def predict_file(self, path):
         """Read an image file; returns ``(image, probabilities)``."""
         with self._stage("preprocess"):
-            image = read_image(path)
+            image = read_image(path, self.channels)
         return image, self.predict_proba(image)
 
     # ------------------------------------------------------------------ modes
@@ -314,7 +338,8 @@ class Predictor:
         for i in range(0, len(images), self.batch_size):
             chunk = images[i : i + self.batch_size]
             with self._stage("preprocess"):
-                x = np.stack([network_input(im, self.size, self.image_init, self.resize_op) for im in chunk])
+                x = np.stack([network_input(im, self.size, self.image_init, self.resize_op, self.mean, self.std)
+                              for im in chunk])
             probs = self._forward(x)
             with self._stage("postprocess"):
                 out += [restore_size(p, im.shape[:2], self.resize_op) for p, im in zip(probs, chunk)]
@@ -330,7 +355,7 @@ class Predictor:
             for j in range(0, len(idx), self.batch_size):
                 chunk = idx[j : j + self.batch_size]
                 with self._stage("preprocess"):
-                    x = np.stack([self._pad(normalize(images[i], self.image_init), H, W) for i in chunk])
+                    x = np.stack([self._pad(self._normalize(images[i]), H, W) for i in chunk])
                 probs = self._forward(x)
                 with self._stage("postprocess"):
                     for i, p in zip(chunk, probs):
@@ -343,7 +368,7 @@ class Predictor:
         th, tw = self.window_size(h, w)
         H, W = max(h, th), max(w, tw)
         with self._stage("preprocess"):
-            x = self._pad(normalize(image, self.image_init), H, W)
+            x = self._pad(self._normalize(image), H, W)
         corners = self.windows(h, w)
         acc = None
         count = np.zeros((H, W, 1), np.float32)
@@ -402,7 +427,7 @@ def predict_folder(predictor, test_dir, output=None, *, label_dir=None, overlays
     ev = Evaluator(cfg.n_classes, cfg.ignore_index, names)
     timer, per_image, kept = (StageTimer() if timing else None), [], ({} if output is None else None)
     if timer is not None and items:  # warm-up: compile / load kernels, not measured
-        predictor.predict(read_image(items[0][0]))
+        predictor.predict(read_image(items[0][0], predictor.channels))
         predictor.timer = timer
     bs = 1 if (predictor.mode == "slide" or timing) else int(batch_size or predictor.batch_size)
     t0 = time.perf_counter()
@@ -413,7 +438,7 @@ def predict_folder(predictor, test_dir, output=None, *, label_dir=None, overlays
             if timer is not None:
                 timer.reset()
             with predictor._stage("preprocess"):
-                images = [read_image(p) for p, _ in chunk]
+                images = [read_image(p, predictor.channels) for p, _ in chunk]
             masks = predictor.predict_batch(images)
             if timer is not None:
                 t = timer.snapshot()
@@ -423,7 +448,7 @@ def predict_folder(predictor, test_dir, output=None, *, label_dir=None, overlays
                 if output is None:
                     kept[stem] = mask
                 else:
-                    save_prediction(output, stem, image, mask, palette, names, overlays=overlays)
+                    save_prediction(output, stem, display_image(image), mask, palette, names, overlays=overlays)
                 if lab_path:
                     ev.update_file(lab_path, mask, pred_name=img_path)
             bar.update(len(chunk))

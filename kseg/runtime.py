@@ -1,6 +1,6 @@
 """Run a trained model: a ``.keras`` file or an exported ONNX / TFLite / SavedModel file.
 
-Every runner here is a callable mapping a float32 batch ``(B, h, w, 3)`` (already
+Every runner here is a callable mapping a float32 batch ``(B, h, w, channels)`` (already
 normalised and sized the way the experiment's ``config.json`` says) to numpy
 probabilities ``(B, h, w, C)`` -- the ``run`` function of
 :class:`kseg.predict.Predictor`:
@@ -327,7 +327,7 @@ def runtime_runner(backend, folder, model_file, config):
         config: the experiment's config dict (unused today; the file carries its shapes).
 
     Returns:
-        A callable mapping a float32 ``(B, h, w, 3)`` batch to numpy probabilities.
+        A callable mapping a float32 ``(B, h, w, channels)`` batch to numpy probabilities.
     """
     if backend not in FORMATS:
         raise ExportError(f"unknown runtime backend {backend!r}; valid: keras, {', '.join(FORMATS)}")

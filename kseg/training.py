@@ -27,6 +27,7 @@ import keras
 from kseg import __version__
 from kseg import experiment as X
 from kseg.callbacks import (
+    EncoderUnfreeze,
     EpochTimer,
     ExperimentCheckpoint,
     ExperimentTensorBoard,
@@ -61,6 +62,7 @@ from kseg.losses import get_loss
 from kseg.optim import compile_model, make_optimizer, make_schedule
 from kseg.metrics import ClassIoU
 from kseg.models import get_model, model_spec
+from kseg.models.freeze import encoder_layers, freeze_encoder
 from kseg.models.registry import check_input_size, parse_model_options
 
 #: Options that say how long or how loudly to run, not what to train: a resumed run
@@ -177,8 +179,10 @@ def _restore_recipe(cfg, folder, explicit):
     refused (one line listing every difference): resuming continues the same run.
     """
     saved = X.read_config(folder).train_config()
-    if "model_option" in explicit:  # compare typed values: use_bn=no is the recorded false
+    if "model_option" in explicit:  # compare typed values: use_bn=no is the recorded false,
+        # and a tuple option given now is the list config.json recorded
         cfg = cfg.replace(model_option=parse_model_options(cfg.model_name, cfg.model_option))
+        saved = saved.replace(model_option=parse_model_options(saved.model_name, saved.model_option))
     changed = [k for k in sorted(explicit) if k not in RUN_CONTROL and getattr(cfg, k) != getattr(saved, k)]
     diffs = [f"--{k} {getattr(cfg, k)!r} (experiment: {getattr(saved, k)!r})" for k in changed]
     if diffs and not cfg.allow_recipe_change:
@@ -264,7 +268,7 @@ def make_data(plan):
 
     cfg, info, dist = plan.config, plan.info, plan.dist
     n_classes, ignore_index, (h, w) = plan.n_classes, plan.ignore_index, plan.input_size
-    data = check_training_data(plan.root, info, n_classes, ignore_index, cfg.validate)
+    data = check_training_data(plan.root, info, n_classes, ignore_index, cfg.validate, channels=cfg.input_channels)
     scan, val_split, train_pairs, val_pairs = data.train_scan, data.val_split, data.train_pairs, data.val_pairs
 
     class_weights = plan.class_weights
@@ -273,11 +277,12 @@ def make_data(plan):
         how = "median frequency" if plan.class_weights == "auto" else "ENet, 1/ln(1.02 + p)"
         print(f"class weights ({how}):", ", ".join(f"{v:.3f}" for v in class_weights))
 
-    train_kw = dict(training=True, image_init=cfg.image_init, resize_op=cfg.resize_op,
+    norm = dict(channels=cfg.input_channels, mean=cfg.mean, std=cfg.std)  # resolved by prepare
+    train_kw = dict(training=True, image_init=cfg.image_init, resize_op=cfg.resize_op, **norm,
                     ignore_index=ignore_index, augment=cfg.augment is not False,
                     cache=cfg.cache, seed=cfg.seed,
                     crops=cfg.train_crops)
-    val_kw = dict(training=False, image_init=cfg.image_init, resize_op=cfg.resize_op,
+    val_kw = dict(training=False, image_init=cfg.image_init, resize_op=cfg.resize_op, **norm,
                   ignore_index=ignore_index, cache=cfg.cache, crops=cfg.train_crops)
     per_image = max(1, cfg.train_crops)  # training samples per image and epoch
     global_batch = dist.global_batch_size(cfg.train_batch_size)
@@ -352,9 +357,11 @@ def build_model(plan):
     cfg, (h, w) = plan.config, plan.input_size
     spec = model_spec(cfg.model_name)
     with plan.dist.scope():
-        model = get_model(cfg.model_name, n_classes=plan.n_classes,
+        model = get_model(cfg.model_name, n_classes=plan.n_classes, channels=cfg.input_channels,
                           input_height=None if spec.dynamic else h, input_width=None if spec.dynamic else w,
                           **cfg.model_option)
+    if cfg.freeze_encoder:  # a model without an encoder fails here, before any data is read
+        encoder_layers(model, cfg.model_name)
     if plan.init_weights:
         _load_initial_weights(model, plan.init_weights)
     return model
@@ -389,8 +396,29 @@ def make_model(plan, model=None):
                           ignore_index=plan.ignore_index, optimizer=make_run_optimizer(plan),
                           jit_compile=plan.jit, steps_per_execution=cfg.steps_per_execution, dist=dist,
                           extra_metrics=[ClassIoU(n_classes, plan.class_names, plan.ignore_index)])
+        _apply_freeze(plan, model)
     prepare_model_for(model, dist)
     return model
+
+
+def _apply_freeze(plan, model):
+    """``--freeze_encoder N``: freeze the encoder when the run starts (or resumes) before epoch N.
+
+    The optimizer is built over every weight first (a resumed model is saved and loaded
+    with its encoder trainable, :func:`kseg.models.freeze.saved_unfrozen`), so that
+    unfreezing (:class:`kseg.callbacks.EncoderUnfreeze`) keeps the optimizer, its step
+    count and the learning-rate schedule; the frozen weights simply get no gradient.
+    """
+    n = plan.config.freeze_encoder
+    if not n:
+        return
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    if n < 0 or plan.initial_epoch < n:
+        layers = freeze_encoder(model, plan.config.model_name)
+        until = "for the whole run" if n < 0 else f"until epoch {n}"
+        print(f"encoder frozen {until} ({len(layers)} layers, "
+              f"{sum(layer.count_params() for layer in layers):,} parameters)")
 
 
 def experiment_config(plan, model):
@@ -404,6 +432,7 @@ def experiment_config(plan, model):
     return ExperimentConfig(
         model_name=cfg.model_name, model_kwargs=dict(cfg.model_option), n_classes=plan.n_classes,
         input_height=h, input_width=w, image_init=cfg.image_init, resize_op=cfg.resize_op,
+        input_channels=cfg.input_channels, mean=cfg.mean, std=cfg.std,
         ignore_index=plan.ignore_index,
         class_names=plan.class_names or [f"class_{i}" for i in range(k)],
         palette=palette_for(k, plan.info.palette).tolist(), dataset=os.path.abspath(plan.root),
@@ -424,6 +453,9 @@ def make_callbacks(plan):
     if backup:  # fault tolerance: a restarted worker group continues from the last epoch
         callbacks.append(keras.callbacks.BackupAndRestore(backup, delete_checkpoint=True))
     callbacks += [EpochTimer(), LearningRateLogger()]
+    n = plan.config.freeze_encoder
+    if n > 0 and plan.initial_epoch < n < plan.epochs:
+        callbacks.append(EncoderUnfreeze(plan.config.model_name, n))
     if plan.config.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=plan.config.early_stopping,
                                                        restore_best_weights=True, verbose=1))

@@ -14,6 +14,8 @@ import pytest
 
 from conftest import REPO, run_command
 
+import kseg.config as kseg_config
+
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 # 16 training images, batch 4: 4 steps per epoch, 12 in 3 epochs
 RUN = ["--model_name", "unet", "--model_option", "base_filters=4", "--model_option", "depth=2",
@@ -195,3 +197,21 @@ def test_the_sample_dataset_json_follows_this_kseg_without_regenerating(tmp_path
         meta = json.load(f)
     assert meta["train"] == SAMPLE_TRAIN and "epochs" not in meta
     assert os.stat(image).st_mtime_ns == before
+
+
+def test_resume_compares_model_options_by_value(monkeypatch):
+    """A tuple option given again on --resume equals the list config.json recorded;
+    another value is still a recipe change."""
+    import types
+
+    from kseg import training
+    from kseg.errors import ConfigError
+
+    saved = kseg_config.TrainConfig(model_name="mobilenet_unet", model_option={"decoder_filters": [8, 8, 8, 8, 8]})
+    monkeypatch.setattr(training.X, "read_config", lambda folder: types.SimpleNamespace(train_config=lambda: saved))
+    same = kseg_config.TrainConfig(model_name="mobilenet_unet", model_option={"decoder_filters": "8,8,8,8,8"})
+    changed, resumed = training._restore_recipe(same, "weights/x", {"model_option"})
+    assert changed == [] and resumed.model_option == {"decoder_filters": (8, 8, 8, 8, 8)}
+    other = kseg_config.TrainConfig(model_name="mobilenet_unet", model_option={"decoder_filters": "8,8,8,8,4"})
+    with pytest.raises(ConfigError, match="model_option"):
+        training._restore_recipe(other, "weights/x", {"model_option"})

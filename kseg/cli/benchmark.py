@@ -135,9 +135,9 @@ def main(argv=None):
     from kseg.models.registry import check_input_size, parse_model_options
 
     for m in models:
-        s = model_spec(m)
-        check_input_size(m, args.input_height, width, s.divisor, s.min_size)
         typed = parse_model_options(m, opts)  # a wrong option or type is one line here, not in a subprocess
+        # the size rule of the model WITH these options (pspnet output_stride=16 takes multiples of 16)
+        check_input_size(m, args.input_height, width, *model_spec(m).size_rule(**typed))
     if len(models) == 1:
         opts = typed  # typed values for the plain Keras baseline too
     baseline = args.baseline == "on" or (args.baseline == "auto" and "unet" in models)

@@ -31,7 +31,8 @@ def model_row(name, size, n_classes):
     from kseg.models.profile import count_macs
 
     spec = model_spec(name)
-    s = max(spec.min_size, -(-size // spec.divisor) * spec.divisor)
+    divisor, min_size = spec.size_rule()  # the table builds every model with its default options
+    s = max(min_size, -(-size // divisor) * divisor)
     keras.backend.clear_session()
     m = get_model(name, n_classes=n_classes, input_height=s, input_width=s)
     macs = count_macs(m)
@@ -41,8 +42,8 @@ def model_row(name, size, n_classes):
         "input": s,
         "gmacs": macs / 1e9,
         "gflops": 2 * macs / 1e9,
-        "constraint": (f"any H, W >= {spec.min_size}" if spec.divisor == 1 else
-                       f"H, W multiples of {spec.divisor}" + (f", >= {spec.min_size}" if spec.min_size > spec.divisor else "")),
+        "constraint": (f"any H, W >= {min_size}" if divisor == 1 else
+                       f"H, W multiples of {divisor}" + (f", >= {min_size}" if min_size > divisor else "")),
         "any_size": spec.dynamic,
         "builder": spec.builder.__name__,
     }

@@ -56,8 +56,8 @@ def main(argv=None):
     if not config.resume:  # data errors in seconds, before TensorFlow starts (resume: its recorded data)
         from kseg.data.dataset import check_training_data, resolve_dataset
 
-        _, root, info, n_classes, ignore_index = resolve_dataset(config, explicit)
-        check_training_data(root, info, n_classes, ignore_index, config.validate)
+        resolved, root, info, n_classes, ignore_index = resolve_dataset(config, explicit)
+        check_training_data(root, info, n_classes, ignore_index, config.validate, channels=resolved.input_channels)
     cli.start_engine(config.verbose)
     from kseg.training import train
 

@@ -1,7 +1,8 @@
 """Dataset folders for training: metadata, pairs, and a validating scan.
 
 A dataset is ``<data_dir>/<name>/{train,val,test}_{image,label}/`` (docs/architecture.md),
-optionally with ``dataset.json`` (classes, palette, ignore_index, input_size, and
+optionally with ``dataset.json`` (classes, palette, ignore_index, input_size,
+``input_channels`` / ``mean`` / ``std`` (the images' channels and normalisation), and
 ``train``: the dataset's suggested training options) and/or ``classes.txt`` (one
 class name per line); both are read by :func:`kseg.data.layout.read_class_files`,
 the one reader of the folder contract.
@@ -23,6 +24,9 @@ from kseg.data.layout import read_class_files, split_dir
 from kseg.data.palette import palette_for  # noqa: F401 (re-exported for training)
 from kseg.data.stats import LabelCounter, is_binary_255
 from kseg.errors import ConfigError, DataError
+
+#: Training options ``dataset.json`` may hold at its top level (not only under ``"train"``).
+TOP_LEVEL_OPTIONS = ("input_channels", "mean", "std", "epochs", "augment")
 
 #: Options a dataset cannot suggest: they say where the data and the experiment are.
 NOT_DATASET_OPTIONS = ("data_dir", "dataset_name", "resume", "overwrite", "allow_recipe_change", "exp_name",
@@ -86,10 +90,11 @@ def dataset_train_options(meta, where):
     """The training options a ``dataset.json`` suggests, checked like a recipe's.
 
     ``"train": {"epochs": 15, "schedule": "cosine", ...}`` holds any :class:`TrainConfig`
-    option except those of :data:`NOT_DATASET_OPTIONS`; the top-level ``"epochs"`` and
-    ``"augment"`` of older files are read too (``"train"`` wins).
+    option except those of :data:`NOT_DATASET_OPTIONS`; the top-level ``"input_channels"``,
+    ``"mean"`` and ``"std"`` (facts of the images) and the ``"epochs"`` and ``"augment"`` of
+    older files are read too (``"train"`` wins).
     """
-    opts = {k: meta[k] for k in ("epochs", "augment") if meta.get(k) is not None}
+    opts = {k: meta[k] for k in TOP_LEVEL_OPTIONS if meta.get(k) is not None}
     train = meta.get("train") or {}
     if not isinstance(train, dict):
         raise DataError(f"{where}: \"train\" must be an object of training options, not {type(train).__name__}")
@@ -106,6 +111,8 @@ def dataset_train_options(meta, where):
 
 #: Options that together say how long to train: one given keeps the dataset's others out.
 BUDGET = ("epochs", "iterations")
+#: The per-channel normalisation: one given keeps the dataset's other out.
+NORMALISATION = ("mean", "std")
 
 
 def apply_dataset_defaults(cfg, suggested, explicit):
@@ -117,6 +124,11 @@ def apply_dataset_defaults(cfg, suggested, explicit):
     given = set(explicit)
     if given & set(BUDGET):
         given |= set(BUDGET)
+    if given & set(NORMALISATION):
+        given |= set(NORMALISATION)
+    mean = suggested.get("mean")
+    if "input_channels" in given and isinstance(mean, list) and len(mean) != cfg.input_channels:
+        given |= set(NORMALISATION)  # the dataset's mean/std are for its own channel count
     take = {k: v for k, v in suggested.items()
             if k not in given and (not cfg.resume or getattr(cfg, k) is None)}
     return cfg.replace(**take) if take else cfg
@@ -126,7 +138,8 @@ def resolve_dataset(cfg, explicit):
     """The dataset of a :class:`TrainConfig`, without TensorFlow.
 
     Generates the built-in sample when it is asked for and missing, reads the folder's
-    class files, applies its suggested options (:func:`apply_dataset_defaults`).
+    class files, applies its suggested options (:func:`apply_dataset_defaults`) and
+    resolves ``input_channels`` (given, else the dataset's, else 3).
     Returns ``(config, root, info, n_classes, ignore_index)``.
     """
     from kseg.data.sample import SAMPLE_NAME, ensure_sample_dataset
@@ -136,6 +149,12 @@ def resolve_dataset(cfg, explicit):
         ensure_sample_dataset(root)
     info = load_dataset_info(root)
     cfg = apply_dataset_defaults(cfg, info.train, explicit)
+    if cfg.input_channels is None:
+        try:
+            cfg = cfg.replace(input_channels=3)
+        except ConfigError as e:
+            raise ConfigError(f"{os.path.join(root, 'dataset.json')} gives no input_channels, so the images are "
+                              f"read with 3: {e}") from None
     n_classes = cfg.n_classes or (len(info.classes) if info.classes else None)
     if n_classes is None:
         raise DataError(f"the number of classes is unknown for {root} (no dataset.json or classes.txt); "
@@ -170,29 +189,30 @@ def _fingerprint(pairs):
     return tuple(out)
 
 
-def check_training_data(root, info, n_classes, ignore_index, validate=True):
+def check_training_data(root, info, n_classes, ignore_index, validate=True, channels=3):
     """Scan the training pairs and the validation pairs (the val split, else test) the way
-    training reads them (:func:`scan_pairs`); one-line :class:`DataError` for the first
-    bad file. Needs no TensorFlow, so ``kseg train`` runs it before TensorFlow starts;
-    the result is remembered (same files, sizes and times), so training does not decode
-    everything a second time.
+    training reads them (:func:`scan_pairs`, images fitted to ``channels`` input channels);
+    one-line :class:`DataError` for the first bad file. Needs no TensorFlow, so ``kseg
+    train`` runs it before TensorFlow starts; the result is remembered (same files, sizes
+    and times), so training does not decode everything a second time.
     """
     train_pairs = info.pairs("train")
     val_split = None
     if validate:
         val_split = "val" if info.has_split("val") else ("test" if info.has_split("test") else None)
     val_pairs = info.pairs(val_split) if val_split else []
-    key = (os.path.abspath(root), n_classes, ignore_index, val_split,
+    channels = int(channels or 3)
+    key = (os.path.abspath(root), n_classes, ignore_index, val_split, channels,
            _fingerprint(train_pairs), _fingerprint(val_pairs))
     if key in _CHECKED:
         return _CHECKED[key]
     print(f"checking {len(train_pairs)} training pairs in {root} ...", flush=True)
-    scan = scan_pairs(train_pairs, n_classes, ignore_index)
+    scan = scan_pairs(train_pairs, n_classes, ignore_index, channels=channels)
     if validate and val_split is None:
         print("warning: no val or test split with labels; training without validation", file=sys.stderr)
     elif val_split == "test":
         print("note: no val split; the test split is used for validation and model selection")
-    vscan = scan_pairs(val_pairs, n_classes, ignore_index) if val_pairs else None
+    vscan = scan_pairs(val_pairs, n_classes, ignore_index, channels=channels) if val_pairs else None
     _CHECKED.clear()
     _CHECKED[key] = DataCheck(train_pairs, scan, val_split, val_pairs, vscan)
     return _CHECKED[key]
@@ -208,14 +228,16 @@ class ScanResult:
     stats: object = None  # the kseg.data.stats.ClassStats of the labels (for class weights)
 
 
-def scan_pairs(pairs, n_classes, ignore_index=IGNORE_INDEX, check_images=True, workers=None):
+def scan_pairs(pairs, n_classes, ignore_index=IGNORE_INDEX, check_images=True, workers=None, channels=3):
     """Decode every pair as training will, check it, and count class pixels.
 
     Every image and label is fully decoded by :mod:`kseg.data.io` -- the readers the
     training pipeline decodes with -- so a file that training could not read (missing,
     empty, truncated, corrupt, a format or pixel type kseg does not read) fails here,
-    before any training, with the reader's one-line :class:`DataError` naming the file.
-    Then: image and label sizes agree, and every label value is a class index
+    before any training, with the reader's one-line :class:`DataError` naming the file;
+    so does an image whose channels do not fit ``channels`` (the model's
+    ``input_channels``, :func:`kseg.data.io.to_channels`). Then: image and label sizes
+    agree, and every label value is a class index
     (< ``label_values(n_classes)``) or the ignore value. Raises :class:`DataError` for
     the first bad pair (in ``pairs`` order) with the fix. ``result.stats``
     (:class:`kseg.data.stats.ClassStats`) gives the class weights
@@ -226,7 +248,7 @@ def scan_pairs(pairs, n_classes, ignore_index=IGNORE_INDEX, check_images=True, w
     counter = LabelCounter(ignore_index)
     modes = set()
     binary_255 = 0
-    with contextlib.closing(_decoded(pairs, check_images, workers)) as decoded:
+    with contextlib.closing(_decoded(pairs, check_images, workers, channels)) as decoded:
         for (img_path, lab_path), (hw, lab, mode) in zip(pairs, decoded):
             modes.add(mode)
             if hw is not None and lab.shape != hw:
@@ -256,15 +278,15 @@ def scan_pairs(pairs, n_classes, ignore_index=IGNORE_INDEX, check_images=True, w
     return ScanResult(list(pairs), stats.pixels, stats.images, stats.ignored, modes, stats)
 
 
-def _read_pair(pair, check_images):
+def _read_pair(pair, check_images, channels=3):
     """``(image (h, w) or None, label array, label mode)`` of one pair, decoded by kseg.data.io."""
     img_path, lab_path = pair
-    hw = read_image(img_path).shape[:2] if check_images else None
+    hw = read_image(img_path, channels).shape[:2] if check_images else None
     lab, mode = decode_label(lab_path)
     return hw, lab, mode
 
 
-def _decoded(pairs, check_images, workers=None):
+def _decoded(pairs, check_images, workers=None, channels=3):
     """:func:`_read_pair` of every pair, in order, decoded ahead by a few threads.
 
     At most ``2 * workers`` decoded pairs wait at a time, so memory stays bounded
@@ -273,18 +295,18 @@ def _decoded(pairs, check_images, workers=None):
     workers = int(workers or min(8, os.cpu_count() or 1))
     if workers <= 1 or len(pairs) < 2:
         for p in pairs:
-            yield _read_pair(p, check_images)
+            yield _read_pair(p, check_images, channels)
         return
     pool = ThreadPoolExecutor(workers, thread_name_prefix="kseg-scan")
     try:
         todo = iter(pairs)
-        pending = collections.deque(pool.submit(_read_pair, p, check_images)
+        pending = collections.deque(pool.submit(_read_pair, p, check_images, channels)
                                     for p in itertools.islice(todo, 2 * workers))
         while pending:
             result = pending.popleft().result()
             nxt = next(todo, None)
             if nxt is not None:
-                pending.append(pool.submit(_read_pair, nxt, check_images))
+                pending.append(pool.submit(_read_pair, nxt, check_images, channels))
             yield result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

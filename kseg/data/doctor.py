@@ -14,6 +14,10 @@ or silently go wrong. It runs these named checks, in order, each adding
   by :mod:`kseg.data.io`, the readers training's scan and ``tf.data`` pipeline use
   (so the doctor, the scan and training always agree on which files are bad, with
   the same message), sizes agree, colour (RGB) labels, all-ignore labels;
+* :func:`check_channels` -- images whose channels the model's ``input_channels``
+  (given, ``dataset.json``'s, else 3) cannot take (the reader's message, the one
+  training gives), 8- and 16-bit images mixed, and the per-channel mean / std
+  (:class:`kseg.data.stats.ChannelStats`) to put in ``dataset.json``;
 * :func:`check_label_values` -- 0/255 binary masks, values out of range,
   the number of classes when no class file names it;
 * :func:`check_class_statistics` -- per-class pixels, absent classes, the
@@ -29,7 +33,7 @@ import os
 import numpy as np
 
 from kseg.config import IGNORE_INDEX, label_values
-from kseg.data.io import read_image, read_label
+from kseg.data.io import decode_image, read_label, to_channels
 from kseg.data.layout import (
     IMAGE_EXTENSIONS,
     LABEL_EXTENSIONS,
@@ -37,7 +41,7 @@ from kseg.data.layout import (
     find_split_dirs,
     read_class_files,
 )
-from kseg.data.stats import LabelCounter, enet_weights, is_binary_255, median_frequency_weights
+from kseg.data.stats import ChannelStats, LabelCounter, enet_weights, is_binary_255, median_frequency_weights
 from kseg.errors import DataError
 from kseg.files import STAGING_PREFIX
 
@@ -80,9 +84,14 @@ class DoctorReport:
         enet_weights: ENet's class weights (``--class_weights enet``).
         weights_split: the split the weights were computed on.
         duplicates: list of groups of image paths with identical pixels.
+        input_channels: the channels the images were checked against (and where that came from:
+            ``input_channels_source``).
+        image_types: ``{split: {"4 bands (multi-band), 16-bit": n}}``: the images' own channels and bits.
+        channel_mean, channel_std: per-channel mean / std of the images as the model takes them,
+            in their own units (``dataset.json``'s ``mean`` / ``std``), from ``channel_split``.
     """
 
-    def __init__(self, root, ignore_index):
+    def __init__(self, root, ignore_index, input_channels=3):
         self.root = root
         self.ignore_index = ignore_index
         self.issues = []
@@ -98,6 +107,12 @@ class DoctorReport:
         self.weights_split = None
         self.duplicates = []
         self.image_sizes = {}
+        self.input_channels = int(input_channels)
+        self.input_channels_source = "default"
+        self.image_types = {}
+        self.channel_mean = None
+        self.channel_std = None
+        self.channel_split = None
 
     def n_values(self):
         """Number of classes (label values) of the report (0 while unknown)."""
@@ -159,6 +174,12 @@ class DoctorReport:
             "class_weights_split": self.weights_split,
             "image_sizes": self.image_sizes,
             "duplicates": self.duplicates,
+            "input_channels": self.input_channels,
+            "input_channels_source": self.input_channels_source,
+            "image_types": self.image_types,
+            "channel_mean": self.channel_mean,
+            "channel_std": self.channel_std,
+            "channel_split": self.channel_split,
         }
 
     def format_text(self):
@@ -166,6 +187,12 @@ class DoctorReport:
         lines = [f"dataset: {self.root}"]
         for s, d in self.splits.items():
             lines.append(f"  {s}: {d['images']} images, {d['labels']} labels, {d['pairs']} pairs")
+        types = sorted({t for d in self.image_types.values() for t in d})
+        lines.append(f"input channels: {self.input_channels} ({self.input_channels_source})"
+                     + (f"; images: {', '.join(types)}" if types else ""))
+        if self.channel_mean is not None:
+            lines.append(f"  per-channel mean {_numbers(self.channel_mean)}, std {_numbers(self.channel_std)} "
+                         f"({self.channel_split} images, their own units)")
         if self.n_classes is not None:
             lines.append(f"classes: {self.n_classes} ({self.n_classes_source}); ignore value {self.ignore_index}")
         if self.n_classes:
@@ -217,7 +244,7 @@ class DoctorReport:
         return lines
 
 
-def check_dataset(root, n_classes=None, ignore_index=None, weights_split="train"):
+def check_dataset(root, n_classes=None, ignore_index=None, weights_split="train", input_channels=None):
     """Inspect a dataset folder and report problems and statistics.
 
     Runs the named checks listed in the module docstring.
@@ -227,8 +254,9 @@ def check_dataset(root, n_classes=None, ignore_index=None, weights_split="train"
         n_classes: number of classes; default from ``classes.txt``/``dataset.json``,
             else inferred from the largest label value.
         ignore_index: the ignore value; default from ``dataset.json``, else 255.
-        weights_split: split whose labels give the class weights (falls back to
-            all splits together when absent).
+        weights_split: split whose labels give the class weights and whose images the
+            per-channel mean / std (falls back to all splits together when absent).
+        input_channels: the model's input channels; default from ``dataset.json``, else 3.
 
     Returns:
         A :class:`DoctorReport`; ``report.ok`` is False when an error was found.
@@ -241,7 +269,13 @@ def check_dataset(root, n_classes=None, ignore_index=None, weights_split="train"
     files = read_class_files(root, strict=False)
     if ignore_index is None:
         ignore_index = files.ignore_index if files.ignore_index is not None else IGNORE_INDEX
-    report = DoctorReport(os.path.abspath(root), int(ignore_index))
+    source = "given"
+    if input_channels is None:
+        input_channels, source = files.meta.get("input_channels"), "from dataset.json"
+    if input_channels is None:
+        input_channels, source = 3, "default: RGB"
+    report = DoctorReport(os.path.abspath(root), int(ignore_index), input_channels)
+    report.input_channels_source = source
     check_class_files(report, files, n_classes)
     check_staging_leftovers(report, root)
     dirs = find_split_dirs(root)
@@ -249,6 +283,7 @@ def check_dataset(root, n_classes=None, ignore_index=None, weights_split="train"
         return report
     scan = scan_files(report, check_pairing(report, dirs))
     check_readability(report, scan)
+    check_channels(report, scan, files.meta, weights_split)
     check_label_values(report, scan, root)
     check_class_statistics(report, scan, weights_split)
     check_duplicates(report, scan)
@@ -371,11 +406,15 @@ class FileScan:
     hashes: dict = dataclasses.field(default_factory=dict)  # md5 of the pixels -> [(split, image)]
     value_files: dict = dataclasses.field(default_factory=dict)  # label value -> [label files]
     sizes: list = dataclasses.field(default_factory=list)  # (h, w) of every readable image
+    input_channels: int = 3
+    channel_misfits: list = dataclasses.field(default_factory=list)  # images the model cannot take
+    image_types: dict = dataclasses.field(default_factory=dict)  # split -> {description: count}
+    channel_stats: dict = dataclasses.field(default_factory=dict)  # split -> ChannelStats
 
 
 def scan_files(report, pairs):
     """Decode every image and label once; fills ``report.pixels``/``report.images``."""
-    scan = FileScan(report.ignore_index)
+    scan = FileScan(report.ignore_index, input_channels=report.input_channels)
     for split, plist in pairs.items():
         counter = scan.counters.setdefault(split, LabelCounter(report.ignore_index))
         for ip, lp in plist:
@@ -405,12 +444,26 @@ def scan_files(report, pairs):
 
 
 def _scan_image(scan, split, path):
+    """Decode an image as training does (the same reader, fitted to the model's channels)."""
     try:
-        img = read_image(path)
+        decoded = decode_image(path)
     except DataError as e:
         scan.reasons[path] = str(e)
         scan.unreadable_images.append(path)
         return None
+    raw = decoded.pixels
+    kind = f"{raw.shape[2]} {'band' if raw.shape[2] > 4 and not decoded.alpha else 'channel'}" \
+           f"{'s' if raw.shape[2] > 1 else ''}, {8 * raw.dtype.itemsize}-bit"
+    types = scan.image_types.setdefault(split, {})
+    types[kind] = types.get(kind, 0) + 1
+    try:
+        img = to_channels(decoded, scan.input_channels, path)
+    except DataError as e:  # the message training's scan gives
+        scan.reasons[path] = str(e)
+        scan.channel_misfits.append(path)
+        img = raw  # still checked for size and duplicates
+    else:
+        scan.channel_stats.setdefault(split, ChannelStats()).add(img)
     h = hashlib.md5()
     h.update(str(img.shape).encode())
     h.update(np.ascontiguousarray(img).tobytes())
@@ -442,6 +495,43 @@ def check_readability(report, scan):
         hs, ws = [s[0] for s in scan.sizes], [s[1] for s in scan.sizes]
         report.image_sizes = {"min": [int(min(hs)), int(min(ws))], "max": [int(max(hs)), int(max(ws))],
                               "distinct": len(set(scan.sizes))}
+
+
+def check_channels(report, scan, meta, weights_split="train"):
+    """Images the model's ``input_channels`` cannot take (error, the reader's message); 8- and
+    16-bit images mixed (warning); the per-channel mean / std to normalise with (info)."""
+    report.image_types = scan.image_types
+    files = scan.channel_misfits
+    if files:
+        more = f" ({len(files) - 1} more: {_examples(files[1:])})" if len(files) > 1 else ""
+        report.add("error", "channels", scan.reasons[files[0]] + more, files)
+    bits = {kind.rsplit(", ", 1)[1] for d in scan.image_types.values() for kind in d}
+    if len(bits) > 1:
+        report.add("warning", "mixed_bit_depth",
+                   f"the images mix {' and '.join(sorted(bits))} files; a 16-bit file is normalised on its own "
+                   "range (or by mean/std in its own units), so save every image with one pixel type")
+    stats = scan.channel_stats.get(weights_split)
+    split = weights_split
+    if stats is None and scan.channel_stats:
+        stats, split = ChannelStats(), "all"
+        for one in scan.channel_stats.values():  # every split together
+            stats.merge(one)
+    if stats is None or stats.mean() is None:
+        return
+    report.channel_mean = [round(v, 4) for v in stats.mean()]
+    report.channel_std = [round(v, 4) for v in stats.std()]
+    report.channel_split = split
+    plain_rgb = report.input_channels == 3 and bits <= {"8-bit"}
+    if not plain_rgb and meta.get("mean") is None:
+        report.add("info", "channel_stats",
+                   f"per-channel mean / std of the {split} images ({report.input_channels} channels, their own "
+                   f"units): add \"mean\": {_numbers(report.channel_mean)}, \"std\": "
+                   f"{_numbers(report.channel_std)} to dataset.json (or train with --mean/--std) to normalise "
+                   "each channel with them")
+
+
+def _numbers(values):
+    return "[" + ", ".join(f"{v:.6g}" for v in values) + "]"
 
 
 def check_label_values(report, scan, root):

@@ -6,7 +6,12 @@ A dataset folder (DESIGN.md section 4) looks like::
     data/<name>/val_image/  (optional)  val_label/
     data/<name>/test_image/             test_label/
     data/<name>/classes.txt             one class name per line, line i = class id i
-    data/<name>/dataset.json            {"classes": [...], "palette": [[r, g, b], ...], "ignore_index": 255}
+    data/<name>/dataset.json            {"classes": [...], "palette": [[r, g, b], ...], "ignore_index": 255,
+                                         "input_channels": 4, "mean": [...], "std": [...]}
+
+(``input_channels``, ``mean`` and ``std`` -- the images' channels and per-channel
+normalisation, see :mod:`kseg.data.io` and :func:`kseg.data.preprocess.normalize` --
+are optional; training takes them as the dataset's suggestions, like ``"train"``.)
 
 This module is the one place that knows that contract:
 
@@ -239,6 +244,10 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _is_color(v):
     return isinstance(v, list) and len(v) == 3 and all(_is_int(c) and 0 <= c <= 255 for c in v)
 
@@ -259,6 +268,11 @@ META_FIELDS = {
                      lambda v: _is_int(v) and -1 <= v <= MAX_LABEL_VALUE),
     "input_size": ("[height, width], two positive integers",
                    lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) and x > 0 for x in v)),
+    "input_channels": ("a positive integer (1 grey, 3 RGB, N bands)", lambda v: _is_int(v) and v > 0),
+    "mean": ("a list of numbers, one per input channel, in the images' units",
+             lambda v: isinstance(v, list) and v != [] and all(_is_number(x) for x in v)),
+    "std": ("a list of positive numbers, one per input channel, in the images' units",
+            lambda v: isinstance(v, list) and v != [] and all(_is_number(x) and x > 0 for x in v)),
     "epochs": ("a positive integer", lambda v: _is_int(v) and v > 0),
     "augment": ("true or false", lambda v: isinstance(v, bool)),
     "train": ("an object of training options", lambda v: isinstance(v, dict)),

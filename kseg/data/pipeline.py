@@ -4,20 +4,24 @@ Decoding runs in parallel (``AUTOTUNE``), the file list is reshuffled every
 epoch, batches are prefetched, and the whole dataset is never held in memory
 (unless ``cache=True``). Every image and label is decoded by THE readers of
 :mod:`kseg.data.io` (:func:`~kseg.data.io.read_image`,
-:func:`~kseg.data.io.read_label`, Pillow) through ``tf.numpy_function``: the
-same function the training scan and the dataset doctor decode with, so a file
-the scan accepts is one this pipeline reads, to the same pixels (``tf.io``
-decoders would differ: no TIFF, palette labels expanded to colours, 16-bit
-labels rescaled, other failures on corrupt files). Pillow decodes without the
-Python lock, so the parallel map decodes on several cores.
+:func:`~kseg.data.io.read_label`) through ``tf.numpy_function``: the same
+function the training scan and the dataset doctor decode with, so a file the
+scan accepts is one this pipeline reads, to the same pixels (``tf.io`` decoders
+would differ: no multi-band TIFF, palette labels expanded to colours, 16-bit
+labels rescaled, other failures on corrupt files). Images are fitted to the
+model's ``channels`` and normalised in the same call by THE normaliser,
+:func:`kseg.data.preprocess.normalize` (the predictor's and the export's), so
+8- and 16-bit files of one dataset need no common pixel type in TensorFlow.
+Pillow and tifffile decode without the Python lock, so the parallel map decodes
+on several cores.
 """
 
 import numpy as np
 import tensorflow as tf
 
-from kseg.config import IGNORE_INDEX
+from kseg.config import IGNORE_INDEX, check_normalisation
 from kseg.data.io import read_image, read_label
-from kseg.data.preprocess import IMAGENET_MEAN_RGB, check_image_init, check_resize_op
+from kseg.data.preprocess import check_image_init, check_resize_op, normalize
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -26,18 +30,21 @@ def _path(path):
     return path.decode("utf-8") if isinstance(path, bytes) else str(path)
 
 
-def _py_read_image(path):
-    return read_image(_path(path))
+def _py_read_image(path, channels, image_init, mean, std):
+    """THE reader and THE normaliser (numpy), for ``tf.numpy_function``."""
+    return normalize(read_image(_path(path), channels), image_init, mean, std)
 
 
 def _py_read_label(path):
     return read_label(_path(path)).astype(np.int32)
 
 
-def _decode_image(path):
-    """An image file as ``uint8 (H, W, 3)``, by :func:`kseg.data.io.read_image`."""
-    img = tf.numpy_function(_py_read_image, [path], tf.uint8, stateful=False)
-    img.set_shape([None, None, 3])
+def _decode_image(path, channels=3, image_init="divide", mean=None, std=None):
+    """An image file as the normalised ``float32 (H, W, channels)`` network input, by
+    :func:`kseg.data.io.read_image` and :func:`kseg.data.preprocess.normalize`."""
+    img = tf.numpy_function(lambda p: _py_read_image(p, channels, image_init, mean, std), [path], tf.float32,
+                            stateful=False)
+    img.set_shape([None, None, channels])
     return img
 
 
@@ -46,15 +53,6 @@ def _decode_label(path):
     lab = tf.numpy_function(_py_read_label, [path], tf.int32, stateful=False)
     lab.set_shape([None, None])
     return lab
-
-
-def tf_normalize(image, image_init):
-    x = tf.cast(image, tf.float32)
-    if image_init == "divide":
-        return x / 255.0
-    if image_init == "sub_and_divide":
-        return x / 127.5 - 1.0
-    return x - tf.constant(IMAGENET_MEAN_RGB)
 
 
 def _letterbox_hw(h, w, out_h, out_w):
@@ -92,6 +90,7 @@ def tf_augment(image, label, size, ignore_index, scale_range=(0.75, 1.25), flip=
     ``size`` (image padded with 0, label with ``ignore_index``).
     """
     out_h, out_w = size
+    channels = image.shape[-1]
     s = tf.random.uniform([], scale_range[0], scale_range[1])
     shape = tf.shape(image)
     nh = tf.maximum(1, tf.cast(tf.round(tf.cast(shape[0], tf.float32) * s), tf.int32))
@@ -114,7 +113,7 @@ def tf_augment(image, label, size, ignore_index, scale_range=(0.75, 1.25), flip=
     x0 = tf.random.uniform([], 0, w2 - out_w + 1, dtype=tf.int32)
     image = image[y0 : y0 + out_h, x0 : x0 + out_w]
     label = label[y0 : y0 + out_h, x0 : x0 + out_w]
-    image.set_shape([out_h, out_w, 3])
+    image.set_shape([out_h, out_w, channels])
     label.set_shape([out_h, out_w])
     return image, label
 
@@ -122,6 +121,7 @@ def tf_augment(image, label, size, ignore_index, scale_range=(0.75, 1.25), flip=
 def tf_center_crop(image, label, size, ignore_index):
     """Centre crop (and centre pad, label with ``ignore_index``) a pair to ``size``."""
     out_h, out_w = size
+    channels = image.shape[-1]
     shape = tf.shape(image)
     ph, pw = tf.maximum(out_h - shape[0], 0), tf.maximum(out_w - shape[1], 0)
     pads = [[ph // 2, ph - ph // 2], [pw // 2, pw - pw // 2]]
@@ -131,7 +131,7 @@ def tf_center_crop(image, label, size, ignore_index):
     y0, x0 = (shape[0] - out_h) // 2, (shape[1] - out_w) // 2
     image = image[y0 : y0 + out_h, x0 : x0 + out_w]
     label = label[y0 : y0 + out_h, x0 : x0 + out_w]
-    image.set_shape([out_h, out_w, 3])
+    image.set_shape([out_h, out_w, channels])
     label.set_shape([out_h, out_w])
     return image, label
 
@@ -151,15 +151,18 @@ def make_dataset(
     drop_remainder=None,
     repeat=False,
     crops=0,
+    channels=3,
+    mean=None,
+    std=None,
 ):
-    """Build a batched ``tf.data.Dataset`` of ``(image float32 (B,H,W,3), label int32 (B,H,W))``.
+    """Build a batched ``tf.data.Dataset`` of ``(image float32 (B,H,W,C), label int32 (B,H,W))``.
 
     Args:
         pairs: list of ``(image_path, label_path)``.
         input_size: ``(height, width)`` of the network input.
         batch_size: batch size.
         training: shuffle every epoch and (with ``augment``) augment.
-        image_init: ``divide`` | ``sub_and_divide`` | ``sub_mean``.
+        image_init: ``divide`` | ``sub_and_divide`` | ``sub_mean`` (on the pixel type's range).
         resize_op: 1 resize, 2 letterbox.
         ignore_index: label value for padding and ignored pixels.
         cache: keep decoded, resized pairs in memory after the first epoch.
@@ -171,8 +174,15 @@ def make_dataset(
             predicted with ``--mode slide``): when training, ``N`` random crops per image
             per pass (after the random scale and flip when ``augment``); otherwise one
             centre crop. ``resize_op`` is not used then.
+        channels: the model's input channels ``C`` (:func:`kseg.data.io.read_image`).
+        mean, std: per-channel normalisation instead of ``image_init``
+            (:func:`kseg.data.preprocess.normalize`).
     """
     check_image_init(image_init)
+    channels = int(channels)
+    check_normalisation(channels, mean, std, image_init)
+    mean = None if mean is None else np.asarray(mean, np.float32)
+    std = None if std is None else np.asarray(std, np.float32)
     resize_op = check_resize_op(resize_op)
     size = (int(input_size[0]), int(input_size[1]))
     images = [p[0] for p in pairs]
@@ -188,7 +198,7 @@ def make_dataset(
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
 
     def load(ip, lp):
-        img = tf_normalize(_decode_image(ip), image_init)
+        img = _decode_image(ip, channels, image_init, mean, std)
         lab = _decode_label(lp)
         if crops:
             if not training:

@@ -1,17 +1,28 @@
 """Image normalisation and geometric pre/post-processing shared by training and prediction.
 
-The numpy functions here are used by the predictor (any runtime backend); the
-tf.data pipeline (``kseg.data.pipeline``) implements the same operations in
-TensorFlow with the same conventions: bilinear for images, nearest-neighbour
-for labels, letterbox = aspect-preserving resize centred on a zero (image) /
-ignore (label) canvas.
+:func:`normalize` is THE rule that turns decoded pixels (:func:`kseg.data.io.read_image`:
+``uint8`` or ``uint16``, any number of channels) into network input, used by the
+``tf.data`` pipeline (inside its ``tf.numpy_function``), the predictor, the export's
+parity and calibration images and the web demo:
+
+* with a per-channel ``mean`` and ``std`` (``dataset.json`` or ``--mean`` / ``--std``,
+  one value per input channel, in the file's own units: 0-255 for 8-bit files,
+  0-65535 for 16-bit ones): ``(x - mean) / std``, nothing else;
+* otherwise ``image_init`` on the pixel type's range ``R`` (255 for 8-bit, 65535 for
+  16-bit files): ``divide`` = ``x / R``, ``sub_and_divide`` = ``x / (R / 2) - 1``,
+  ``sub_mean`` = ``x * 255 / R`` minus the ImageNet RGB mean (3 channels only).
+
+The geometric functions (numpy, used by the predictor) have TensorFlow twins in
+``kseg.data.pipeline`` with the same conventions: bilinear for images,
+nearest-neighbour for labels, letterbox = aspect-preserving resize centred on a
+zero (image) / ignore (label) canvas.
 """
 
 import cv2
 import numpy as np
 
 from kseg.config import ExperimentConfig, IGNORE_INDEX
-from kseg.errors import UnknownNameError
+from kseg.errors import ConfigError, DataError, UnknownNameError
 
 IMAGENET_MEAN_RGB = np.array([123.675, 116.28, 103.53], np.float32)
 IMAGE_INITS = ("divide", "sub_and_divide", "sub_mean")
@@ -32,35 +43,60 @@ def check_resize_op(op):
     return int(op)
 
 
-def normalize(image, image_init):
-    """uint8 RGB -> float32 network input (numpy)."""
-    x = np.asarray(image, np.float32)
+def value_range(dtype):
+    """The largest value of a pixel type: 65535 for ``uint16``, else 255 (8-bit and float input)."""
+    return 65535.0 if np.dtype(dtype) == np.uint16 else 255.0
+
+
+def normalize(image, image_init="divide", mean=None, std=None):
+    """Decoded pixels ``(H, W, C)`` -> float32 network input (the rule of the module docstring).
+
+    ``mean`` / ``std``: per-channel lists (length ``C``) in the image's units; when given
+    they replace ``image_init``.
+    """
+    x = np.asarray(image)
+    if mean is not None or std is not None:
+        if mean is None or std is None:
+            raise ConfigError("mean and std go together: give both (std 1 for mean subtraction only)")
+        c = x.shape[-1] if x.ndim == 3 else 1
+        m, s = np.asarray(mean, np.float32).reshape(-1), np.asarray(std, np.float32).reshape(-1)
+        if len(m) != c or len(s) != c:
+            raise DataError(f"the image has {c} channel(s) but mean/std have {len(m)}/{len(s)} values; "
+                            "give one mean and one std per input channel")
+        return (x.astype(np.float32) - m) / s
+    r = value_range(x.dtype)
+    x = x.astype(np.float32)
     if image_init == "divide":
-        return x / 255.0
+        return x / np.float32(r)
     if image_init == "sub_and_divide":
-        return x / 127.5 - 1.0
+        return x / np.float32(r / 2.0) - 1.0
     if image_init == "sub_mean":
-        return x - IMAGENET_MEAN_RGB
+        c = x.shape[-1] if x.ndim == 3 else 1
+        if c != 3:
+            raise ConfigError(f"--image_init sub_mean subtracts the ImageNet RGB mean, but the images have {c} "
+                              "channel(s); use --mean and --std (kseg doctor prints them) or --image_init divide")
+        return (x * np.float32(255.0 / r) if r != 255.0 else x) - IMAGENET_MEAN_RGB
     raise UnknownNameError(f"unknown image_init {image_init!r}; valid: {', '.join(IMAGE_INITS)}")
 
 
-def network_input(image, size, image_init="divide", resize_op=1):
-    """One RGB uint8 image -> the float32 ``(h, w, 3)`` network input of ``size=(h, w)``.
+def network_input(image, size, image_init="divide", resize_op=1, mean=None, std=None):
+    """One decoded image -> the float32 ``(h, w, C)`` network input of ``size=(h, w)``.
 
-    The image is normalised (``image_init``) first and then resized (``resize_op``
-    1) or letterboxed (2), so letterbox padding is 0 in normalised space -- the
-    order and padding of the training pipeline. The predictor's ``resize`` mode
-    and the export's parity-check and int8-calibration images all come from here.
+    The image is normalised (:func:`normalize`: ``mean`` / ``std``, else ``image_init``)
+    first and then resized (``resize_op`` 1) or letterboxed (2), so letterbox padding is
+    0 in normalised space -- the order and padding of the training pipeline. The
+    predictor's ``resize`` mode and the export's parity-check and int8-calibration
+    images all come from here.
     """
-    return resize_image(normalize(image, image_init), tuple(size), int(resize_op))
+    return resize_image(normalize(image, image_init, mean, std), tuple(size), int(resize_op))
 
 
 def config_input(image, config, size=None):
-    """:func:`network_input` with the ``image_init`` / ``resize_op`` (and size) of an experiment config."""
+    """:func:`network_input` with the normalisation, ``resize_op`` (and size) of an experiment config."""
     config = ExperimentConfig.coerce(config)
     size = size or (config.input_height, config.input_width)
-    return network_input(image, size, check_image_init(config.image_init),
-                         check_resize_op(config.resize_op))
+    return network_input(image, size, check_image_init(config.image_init), check_resize_op(config.resize_op),
+                         getattr(config, "mean", None), getattr(config, "std", None))
 
 
 def letterbox_params(h, w, out_h, out_w):

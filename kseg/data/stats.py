@@ -28,6 +28,10 @@ a class.
   for the same reason as above.
 * :func:`class_weights` turns a ``--class_weights`` value (``auto``, ``enet`` or
   a comma-separated list) into one weight per class.
+
+Images: :class:`ChannelStats` accumulates the per-channel mean and standard
+deviation of images in their own units -- the ``mean`` / ``std`` of
+``dataset.json`` (:func:`kseg.data.preprocess.normalize`), printed by the doctor.
 """
 
 import dataclasses
@@ -307,3 +311,60 @@ def class_weights(spec, stats_or_callable, n_classes):
             f"{label_values(n_classes)}; count the labels with the same n_classes"
         )
     return median_frequency_weights(stats) if parsed == "auto" else enet_weights(stats)
+
+
+class ChannelStats:
+    """Per-channel mean and (population) standard deviation of images, in their own units.
+
+    Images are added one by one (``(H, W, C)``, every image with the same ``C``); each
+    image's mean and variance are merged in float64 (Chan et al.'s pairwise update), so
+    16-bit values over many images lose no precision. ``mean`` / ``std`` are the values
+    ``dataset.json`` takes: the input becomes ``(x - mean) / std``.
+    """
+
+    def __init__(self):
+        self.pixels = 0
+        self.images = 0
+        self._mean = None
+        self._m2 = None
+
+    @property
+    def channels(self):
+        return None if self._mean is None else len(self._mean)
+
+    def add(self, image):
+        """Add one image; returns False (and adds nothing) when its channel count differs."""
+        x = np.asarray(image)
+        x = x.reshape(-1, x.shape[-1] if x.ndim == 3 else 1).astype(np.float64)
+        if not len(x):
+            return False
+        mean = x.mean(axis=0)
+        return self._combine(len(x), mean, ((x - mean) ** 2).sum(axis=0), 1)
+
+    def merge(self, other):
+        """Add the images of another :class:`ChannelStats`; False when the channel counts differ."""
+        if other._mean is None:
+            return True
+        return self._combine(other.pixels, other._mean, other._m2, other.images)
+
+    def _combine(self, n, mean, m2, images):
+        if self._mean is not None and len(mean) != len(self._mean):
+            return False
+        if self._mean is None:
+            self._mean, self._m2 = np.array(mean, np.float64), np.array(m2, np.float64)
+        else:
+            total = self.pixels + n
+            delta = mean - self._mean
+            self._mean = self._mean + delta * (n / total)
+            self._m2 = self._m2 + m2 + delta ** 2 * (self.pixels * n / total)
+        self.pixels += n
+        self.images += images
+        return True
+
+    def mean(self):
+        """One mean per channel (list of floats), or None before the first image."""
+        return None if self._mean is None else [float(v) for v in self._mean]
+
+    def std(self):
+        """One standard deviation per channel (list of floats), or None before the first image."""
+        return None if self._mean is None else [float(v) for v in np.sqrt(self._m2 / self.pixels)]

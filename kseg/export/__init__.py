@@ -2,10 +2,13 @@
 
 Every exported model has the same interface, whatever the format:
 
-* one input named ``image``: float32, NHWC ``(batch, height, width, 3)``, already
-  normalised the way the experiment's ``config.json`` says (``image_init``:
-  ``divide`` = x/255, ``sub_and_divide`` = x/127.5 - 1, ``sub_mean`` = x - ImageNet
-  mean) and resized / letterboxed to the training size (``resize_op``);
+* one input named ``image``: float32, NHWC ``(batch, height, width, channels)``
+  (``input_channels`` of ``config.json``), already normalised the way the
+  experiment's ``config.json`` says (:func:`kseg.data.preprocess.normalize`:
+  per-channel ``(x - mean) / std`` when it has ``mean`` / ``std``, else
+  ``image_init`` on the pixel type's range R, 255 or 65535: ``divide`` = x/R,
+  ``sub_and_divide`` = x/(R/2) - 1, ``sub_mean`` = x*255/R - ImageNet mean) and
+  resized / letterboxed to the training size (``resize_op``);
 * one output named ``probabilities``: float32 ``(batch, height, width, n_classes)``
   (softmax, or one sigmoid channel for a binary model).
 

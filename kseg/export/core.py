@@ -55,7 +55,8 @@ def export_keras_model(model, fmt, output, config, *, opset=DEFAULT_OPSET, dynam
     ``images``: float32 network inputs for the parity check (default: :func:`sample_images`).
     Nothing is written under ``output`` unless the check passes.
     """
-    config = ExperimentConfig.coerce(config, model_name=model.name, n_classes=int(model.output_shape[-1]))
+    config = ExperimentConfig.coerce(config, model_name=model.name, n_classes=int(model.output_shape[-1]),
+                                     input_channels=int(model.input_shape[-1] or 3))
     require_tensorflow_backend()
     _check_options(fmt, fp16, int8)
     if int8 and calibration is None:
@@ -120,6 +121,9 @@ def _metadata(config, shape, precision):
         "input": f"{INPUT_NAME}: float32 NHWC {list(shape)}",
         "output": f"{OUTPUT_NAME}: float32 NHWC (batch, height, width, {config.n_classes})",
         "image_init": config.image_init,
+        "input_channels": config.input_channels,
+        "mean": config.mean,
+        "std": config.std,
         "resize_op": config.resize_op,
         "n_classes": config.n_classes,
         "class_names": config.class_names,

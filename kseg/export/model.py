@@ -45,12 +45,12 @@ def input_shape_for_export(model, config, dynamic_batch=True, dynamic_size=False
 
 
 def model_divisor(config):
-    """The registry's size divisor of the config's model (32 when unknown)."""
+    """The registry's size divisor of the config's model with its options (32 when unknown)."""
     config = ExperimentConfig.coerce(config)
     try:
         from kseg.models import model_spec
 
-        return max(1, model_spec(config.model_name).divisor)
+        return max(1, model_spec(config.model_name).size_rule(**config.model_kwargs)[0])
     except Exception:
         return 32
 

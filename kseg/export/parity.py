@@ -4,9 +4,10 @@
 network inputs and compares probabilities (largest absolute difference) and
 masks (share of pixels whose argmax differs) against tolerances that depend on
 the numeric precision (:data:`TOLERANCES`). The inputs (:func:`sample_images`)
-and the int8 calibration images (:func:`calibration_images`) are made by
-:func:`kseg.predict.network_input`, the function the predictor feeds its model
-with, so an export is checked on exactly what prediction will give it.
+and the int8 calibration images (:func:`calibration_images`) are read by
+:func:`kseg.data.io.read_image` for the model's ``input_channels`` and made by
+:func:`kseg.data.preprocess.network_input`, the functions the predictor feeds its
+model with, so an export is checked on exactly what prediction will give it.
 """
 
 import os
@@ -58,7 +59,8 @@ def calibration_images(image_dir, config, size=None, limit=100):
     files = list_files(image_dir, IMAGE_EXTENSIONS)[: int(limit)]
     if not files:
         raise ExportError(f"--calibration_dir {image_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return np.stack([config_input(read_image(p), config, size) for p in files]).astype(np.float32)
+    return np.stack([config_input(read_image(p, config.input_channels), config, size)
+                     for p in files]).astype(np.float32)
 
 
 def _dataset_dirs(config):
@@ -82,12 +84,12 @@ def sample_images(config, size, n=4, image_dirs=None, seed=0):
             continue
         for p in list_files(d, IMAGE_EXTENSIONS)[: n - len(out)]:
             try:
-                out.append(config_input(read_image(p), config, size))
+                out.append(config_input(read_image(p, config.input_channels), config, size))
             except KsegError:
                 continue
     rng = np.random.default_rng(seed)
     while len(out) < n:
-        noise = rng.integers(0, 256, size=(size[0], size[1], 3), dtype=np.uint8)
+        noise = rng.integers(0, 256, size=(size[0], size[1], config.input_channels), dtype=np.uint8)
         out.append(config_input(noise, config, size))
     return np.stack(out).astype(np.float32)
 
@@ -103,7 +105,7 @@ def parity_check(model, exported, images, *, fmt=None, precision="float32", atol
     Args:
         model: the Keras model.
         exported: a run callable, or the path of an exported file (then ``fmt`` is needed).
-        images: float32 network inputs ``(N, h, w, 3)`` or a list of such arrays
+        images: float32 network inputs ``(N, h, w, C)`` or a list of such arrays
             (several sizes for a size-free export).
         fmt: format of ``exported`` when it is a path.
         precision: ``"float32"``, ``"float16"`` or ``"int8"``; picks the default tolerances.

@@ -171,32 +171,72 @@ def input_shape(model, shape):
     return tuple(shape)
 
 
-def nearest_size(value, divisor=1, min_size=1):
-    """The allowed size (a multiple of ``divisor``, at least ``min_size``) closest to ``value``."""
+def _valid_below_above(value, divisor, min_size):
+    """``(below, above)``: the largest allowed size <= ``value`` (the smallest allowed
+    one when there is none) and the smallest allowed size >= ``value``."""
     smallest = -(-max(min_size, 1) // divisor) * divisor
-    return max(smallest, divisor * int(round(value / divisor)))
+    return max(smallest, value // divisor * divisor), max(smallest, -(-value // divisor) * divisor)
+
+
+def size_rule_text(divisor=1, min_size=1):
+    """The size rule in words: ``"a multiple of 16 and at least 32"``."""
+    if divisor > 1:
+        return f"a multiple of {divisor}" + (f" and at least {min_size}" if min_size > 1 else "")
+    return f"at least {max(min_size, 1)}"
+
+
+def input_size_message(name, height, width, divisor=1, min_size=1):
+    """The one-line message of an input size that breaks the size rule, or ``None``.
+
+    The ONE text of a bad size, whether the model is being built with a fixed size
+    (:func:`check_input_size`) or a size-free model is called on data
+    (:class:`kseg.models.registry.SizeCheckedModel`); ``None`` dimensions are not
+    judged. Every bad dimension is named, then the rule and the nearest valid size
+    below and above, e.g.::
+
+        unet: input 225x230 is not allowed: height 225 and width 230 must each be a
+        multiple of 16 (nearest valid size 224x224 or 240x240)
+    """
+    dims = [(what, v) for what, v in (("height", height), ("width", width)) if v is not None]
+    for what, v in dims:
+        if not _is_int(v) or v < 1:
+            return f"{name}: input {what} must be a positive integer; received {v!r}"
+    bad = [(what, v) for what, v in dims if v < min_size or v % divisor]
+    if not bad:
+        return None
+    below = [_valid_below_above(v, divisor, min_size)[0] if (w, v) in bad else v for w, v in dims]
+    above = [_valid_below_above(v, divisor, min_size)[1] if (w, v) in bad else v for w, v in dims]
+    if len(dims) == 2:
+        size, down, up = (f"{a}x{b}" for a, b in ((height, width), below, above))
+        near = "size"
+    else:  # one dimension fixed, the other left free
+        size, down, up = f"{dims[0][0]} {dims[0][1]}", str(below[0]), str(above[0])
+        near = dims[0][0]
+    named = " and ".join(f"{what} {v}" for what, v in bad)
+    verb = "must each be" if len(bad) == 2 else "must be"
+    nearest = down if down == up else f"{down} or {up}"
+    return (f"{name}: input {size} is not allowed: {named} {verb} {size_rule_text(divisor, min_size)} "
+            f"(nearest valid {near} {nearest})")
 
 
 def check_input_size(name, height, width, divisor=1, min_size=1):
     """Raise :class:`InputShapeError` unless (height, width) suits the model.
 
-    Every bad dimension is named with the nearest allowed size. ``None``
-    dimensions (dynamic size) pass; they are checked when data arrives.
+    The message is :func:`input_size_message`'s: every bad dimension is named, with
+    the nearest valid size. ``None`` dimensions (a size-free model) pass; they are
+    checked when data arrives (:class:`kseg.models.registry.SizeCheckedModel`).
     """
-    bad = []
-    for what, v in (("height", height), ("width", width)):
-        if v is None:
-            continue
-        if not _is_int(v) or v < 1:
-            bad.append(f"{what} {v!r} (a positive integer is needed)")
-        elif v < min_size or v % divisor:
-            bad.append(f"{what} {v} (nearest allowed: {nearest_size(v, divisor, min_size)})")
-    if bad:
-        rule = f"a multiple of {divisor} and at least {min_size}" if divisor > 1 else f"at least {min_size}"
-        raise InputShapeError(
-            f"{name}: input {' and '.join(bad)} not allowed; height and width must each be "
-            f"{rule}; change --input_height/--input_width"
-        )
+    message = input_size_message(name, height, width, divisor, min_size)
+    if message:
+        raise InputShapeError(message)
+
+
+def fixed_size_message(name, built, received):
+    """The one-line message of a model built for one size and called with another
+    (a size its rule allows)."""
+    (bh, bw), (h, w) = built, received
+    return (f"{name}: this model was built for {bh or 'any'}x{bw or 'any'} inputs; received {h}x{w}; resize the "
+            "input to that size, or build the model without a fixed size (input_height/input_width None)")
 
 
 # ------------------------------------------------------------------------------------------

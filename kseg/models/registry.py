@@ -20,15 +20,128 @@ through :func:`get_model` -- has
 
 Builders therefore check only their own options and never call
 :func:`check_input_size` themselves.
+
+One size rule everywhere
+------------------------
+A model built without a fixed size (``input_shape=(None, None, C)``, the default and
+what training saves) meets its sizes only when it is called. The wrapper therefore
+returns every model as a :class:`SizeCheckedModel`: the builder's functional graph,
+unchanged (same layers, names, weights and parameter count), in a ``keras.Model``
+subclass whose ``__call__`` checks the height and width of what it is given and raises
+the SAME one-line ``InputShapeError`` as a fixed-size build
+(:func:`kseg.models._checks.input_size_message`: every bad dimension, the rule, the
+nearest valid sizes), instead of a raw backend shape error deep in the network or a
+silently cropped output (FCN-8s used to return 224x224 for 225x225). A model built
+for a fixed size and called with another allowed size gets a one-line
+``InputShapeError`` too.
+
+Why a model subclass and not a check layer after the ``Input``: inserting a layer
+after the input of a graph the builder has already made means re-running every layer
+on a new input; Keras then keeps two call nodes per layer and ``layer.output`` (used
+to take encoder taps and sub-models: ``model.get_layer(n).output``) answers with the
+discarded first graph. Wrapping the same input and output tensors in a
+``keras.Model`` subclass adds no node and no layer, so layer lookup, weight loading
+by name, parameter counts and exports are those of the builder's graph. The class is
+registered (``kseg>SizeCheckedModel``) and stores its rule in its config, so a
+``.keras`` file loads back checked; a model that Keras clones without its config
+(``keras.models.clone_model``) is an unchecked functional model again.
+
+Where the check runs: in Python on the static shape whenever it is known -- eager
+calls, ``predict`` / ``predict_on_batch`` (checked on the array before Keras traces),
+every JAX trace, graphs traced for one size. Inside a TensorFlow graph traced with
+unknown height/width (a caller's own ``tf.function`` with a ``None`` signature) the
+size is not known when the model is called, and Keras 3 has no backend-neutral
+run-time assertion, so nothing is checked there; every kseg entry point
+(``predict``, the Predictor, export, the demo) checks the concrete array first.
+Exports carry no check.
 """
 
 import dataclasses
 import functools
 import inspect
 
-from kseg.errors import UnknownNameError, unknown_name
+import keras
+
+from kseg.errors import InputShapeError, UnknownNameError, unknown_name
 from kseg.models import _checks as C
 from kseg.models._checks import check_input_size  # noqa: F401 (public here: kseg.training imports it)
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class SizeCheckedModel(keras.Model):
+    """A functional model that checks the height and width of its input when called.
+
+    Built by the registry wrapper from a builder's model
+    (``SizeCheckedModel(model.input, model.output, name=model.name, size_rule=...)``),
+    so it has the builder's layers and weights; see the module docstring.
+
+    Args:
+        inputs, outputs, name: as for ``keras.Model(inputs, outputs, name=...)``.
+        size_rule: ``{"model": registry name, "divisor": int, "min_size": int}``;
+            ``None`` checks nothing (a plain functional model).
+    """
+
+    def __init__(self, inputs, outputs, name=None, **kwargs):
+        rule = kwargs.pop("size_rule", None)
+        super().__init__(inputs, outputs, name=name, **kwargs)
+        rule = dict(rule) if rule else None
+        self.kseg_name = rule["model"] if rule else None
+        self.size_divisor = int(rule["divisor"]) if rule else 1
+        self.size_min = int(rule["min_size"]) if rule else 1
+        shape = tuple(self.inputs[0].shape) if len(self.inputs) == 1 else ()
+        self._built_size = tuple(shape[1:3]) if len(shape) == 4 else (None, None)
+
+    @property
+    def size_rule(self):
+        """``{"model", "divisor", "min_size"}`` or ``None``."""
+        if self.kseg_name is None:
+            return None
+        return {"model": self.kseg_name, "divisor": self.size_divisor, "min_size": self.size_min}
+
+    def check_size(self, x):
+        """Raise ``InputShapeError`` when the (static) height/width of ``x`` cannot be
+        taken; return ``x`` (unchecked when the size is unknown: see the module docstring)."""
+        if self.kseg_name is None:
+            return x
+        single = isinstance(x, (list, tuple)) and len(x) == 1
+        t = x[0] if single else x
+        shape = getattr(t, "shape", None)
+        if shape is None or len(shape) != 4:
+            return x
+        h, w = (None if v is None else int(v) for v in tuple(shape)[1:3])
+        message = C.input_size_message(self.kseg_name, h, w, self.size_divisor, self.size_min)
+        if message:
+            raise InputShapeError(message)
+        bh, bw = self._built_size
+        if (bh is not None and h is not None and h != bh) or (bw is not None and w is not None and w != bw):
+            raise InputShapeError(C.fixed_size_message(self.kseg_name, (bh, bw), (h, w)))
+        return x
+
+    def __call__(self, *args, **kwargs):
+        if args:
+            args = (self.check_size(args[0]),) + args[1:]
+        elif "inputs" in kwargs:
+            kwargs["inputs"] = self.check_size(kwargs["inputs"])
+        return super().__call__(*args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        # checked on the array: after Keras retraced its predict step for a second
+        # size, the traced graph no longer knows the size
+        self.check_size(x)
+        return super().predict(x, *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        self.check_size(x)
+        return super().predict_on_batch(x)
+
+    def get_config(self):
+        return {**super().get_config(), "size_rule": self.size_rule}
+
+
+def _size_checked(model, name, divisor, min_size):
+    """The builder's functional ``model`` as a :class:`SizeCheckedModel` (same graph)."""
+    return SizeCheckedModel(model.input, model.output, name=model.name,
+                            size_rule={"model": name, "divisor": int(divisor), "min_size": int(min_size)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +268,7 @@ def register_model(name, *, divisor=1, min_size=None, test_size=None, test_kwarg
                 C.activation(name, options["activation"])
             div, min_ = rule(options)
             check_input_size(name, shape[0], shape[1], div, min_)
-            return fn(*bound.args, **bound.kwargs)
+            return _size_checked(fn(*bound.args, **bound.kwargs), name, div, min_)
 
         builder.__kwdefaults__ = fn.__kwdefaults__  # functools.wraps does not copy them
         builder.kseg_name = name
@@ -203,7 +316,8 @@ def parse_model_options(name, options):
     return options
 
 
-def get_model(name, n_classes=2, input_height=None, input_width=None, channels=3, **kwargs):
+def get_model(name, n_classes=2, input_height=None, input_width=None, channels=3, *, freeze_encoder=False,
+              **kwargs):
     """Build a registered model by name.
 
     The builder's own wrapper (see :func:`register_model`) checks the options and
@@ -214,12 +328,23 @@ def get_model(name, n_classes=2, input_height=None, input_width=None, channels=3
         n_classes: number of output classes (1 = binary with a sigmoid).
         input_height, input_width: fixed input size, or ``None`` for any size.
         channels: input channels.
+        freeze_encoder: build the model with its encoder frozen
+            (:func:`kseg.models.freeze.freeze_encoder`: not trained, its BatchNorm
+            layers in inference mode). An option of ``get_model``, not of the
+            builders: it applies to any model that has an encoder, and one without
+            (the plain ``unet``) raises ``ModelConfigError``.
         **kwargs: passed to the builder (``activation``, ``base_filters``, ...).
 
     Returns:
-        A ``keras.Model`` mapping ``(B, H, W, channels)`` to ``(B, H, W, n_classes)``.
+        A ``keras.Model`` mapping ``(B, H, W, channels)`` to ``(B, H, W, n_classes)``
+        (a :class:`SizeCheckedModel`).
     """
     spec = model_spec(name)
-    return spec.builder(
+    model = spec.builder(
         n_classes=n_classes, input_shape=(input_height, input_width, channels), **kwargs
     )
+    if C.flag(name, "freeze_encoder", freeze_encoder):
+        from kseg.models.freeze import freeze_encoder as freeze
+
+        freeze(model, name)
+    return model

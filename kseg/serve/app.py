@@ -10,6 +10,11 @@ Routes:
   colour mask and the overlay;
 * ``GET /results/<id>/<file>`` -- those result images.
 
+Uploads are decoded by training's own reader (:func:`kseg.data.io.decode_image` /
+:func:`~kseg.data.io.to_channels`) for the model's ``input_channels``, so the demo
+reads a file exactly as training did (multi-band and 16-bit TIFFs included); the
+original and the overlay show its 8-bit RGB picture (:func:`kseg.data.io.display_image`).
+
 Robustness: every error caused by the request (no file, empty file, not an image,
 corrupt image, a body over ``max_upload_mb`` -- with or without ``Content-Length``,
 i.e. also ``Transfer-Encoding: chunked`` -- or an image over ``max_pixels`` /
@@ -59,9 +64,10 @@ import warnings
 from collections import OrderedDict, deque
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from kseg.errors import KsegError, UploadError
+from kseg.data.io import TIFF_MAGIC
+from kseg.errors import DataError, KsegError, UploadError
 
 try:
     import flask
@@ -99,7 +105,8 @@ def open_image(data, *, max_pixels=DEFAULT_MAX_PIXELS, max_side=DEFAULT_MAX_SIDE
     """Open uploaded bytes lazily and check the size from the header; no pixel is decoded.
 
     Returns:
-        The lazily opened ``PIL.Image`` (``.size`` is ``(width, height)``).
+        The lazily opened ``PIL.Image`` (``.size`` is ``(width, height)``), or for a TIFF
+        (read by tifffile, as training reads it) a :class:`_TiffHeader` with ``size``.
 
     Raises:
         UploadError: 400 for empty / non-image data or an invalid size, 413 for an
@@ -111,10 +118,11 @@ def open_image(data, *, max_pixels=DEFAULT_MAX_PIXELS, max_side=DEFAULT_MAX_SIDE
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
-            im = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            im = _tiff_header(data) if data[:4] in TIFF_MAGIC else Image.open(io.BytesIO(data),
+                                                                                formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError:
         raise UploadError(f"{name} is too large in pixels; the limit is {_pixels(max_pixels)}", 413) from None
-    except Exception:  # Pillow raises several types for data it cannot identify
+    except Exception:  # Pillow and tifffile raise several types for data they cannot identify
         raise UploadError(f"{name} is not a supported image ({formats}); upload an image file") from None
     w, h = im.size
     if w <= 0 or h <= 0:
@@ -128,56 +136,68 @@ def open_image(data, *, max_pixels=DEFAULT_MAX_PIXELS, max_side=DEFAULT_MAX_SIDE
     return im
 
 
-def decode_image(data, *, max_pixels=DEFAULT_MAX_PIXELS, max_side=DEFAULT_MAX_SIDE, name="the upload"):
-    """Decode uploaded bytes into an RGB ``uint8`` array ``(H, W, 3)``.
+class _TiffHeader:
+    """The size of a TIFF's first full-resolution page, read from its header by tifffile."""
+
+    format = "TIFF"
+
+    def __init__(self, size):
+        self.size = size
+
+
+def _tiff_header(data):
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages[0]
+        return _TiffHeader((int(page.imagewidth), int(page.imagelength)))
+
+
+def decode_image(data, *, max_pixels=DEFAULT_MAX_PIXELS, max_side=DEFAULT_MAX_SIDE, name="the upload", channels=3):
+    """Decode uploaded bytes into the image a model of ``channels`` input channels takes.
 
     The size is checked from the header (:func:`open_image`) before the pixels are
-    decoded. Grey, 16-bit grey, palette, CMYK and images with an alpha channel become
-    RGB (the alpha channel is dropped, as :func:`kseg.data.io.read_image` does); the
-    EXIF orientation of camera photos is applied; animated images give their first frame.
+    decoded; then the pixels are decoded by training's own reader
+    (:func:`kseg.data.io.decode_image` and :func:`~kseg.data.io.to_channels`, GIF
+    uploads too): with 3 channels grey, 16-bit grey, palette, CMYK and images with an
+    alpha channel become RGB (the alpha channel is dropped), multi-band TIFFs keep
+    their bands for a model trained on them. The EXIF orientation of camera photos is
+    applied; animated images give their first frame.
 
     Raises:
-        UploadError: 400 for empty / non-image / corrupt data, 413 for an image
-            with more than ``max_pixels`` pixels or a side longer than ``max_side``.
+        UploadError: 400 for empty / non-image / corrupt data or channels the model does
+            not take, 413 for an image with more than ``max_pixels`` pixels or a side
+            longer than ``max_side``.
     """
+    from kseg.data.io import Decoded, decode_image as read_pixels, to_channels
+
     im = open_image(data, max_pixels=max_pixels, max_side=max_side, name=name)
+    orientation = 1
+    if isinstance(im, Image.Image):
+        try:
+            orientation = int(im.getexif().get(0x0112) or 1)
+        except Exception:  # a broken EXIF block: keep the stored orientation
+            pass
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            im.load()
-            try:
-                im = ImageOps.exif_transpose(im)
-            except Exception:  # a broken EXIF block: keep the stored orientation
-                pass
-            rgb = _to_rgb(im)
-    except UploadError:
-        raise
-    except Exception:
-        raise UploadError(f"{name} is a corrupt or truncated {im.format} image; upload another file") from None
-    return rgb
+        decoded = read_pixels(data, name=name, formats=ACCEPTED_FORMATS)
+        return to_channels(Decoded(_orient(decoded.pixels, orientation), decoded.alpha), channels, name)
+    except DataError as e:
+        msg = str(e)
+        if msg.startswith(("cannot decode", "cannot read")):
+            raise UploadError(f"{name} is a corrupt or truncated {im.format} image; upload another file") from None
+        raise UploadError(msg[len("image "):] if msg.startswith("image ") else msg) from None
+
+
+def _orient(a, orientation):
+    """Apply an EXIF orientation (1-8) to ``(H, W, C)`` pixels, as Pillow's ``exif_transpose`` does."""
+    turn = {2: lambda: a[:, ::-1], 3: lambda: a[::-1, ::-1], 4: lambda: a[::-1], 5: lambda: a.transpose(1, 0, 2),
+            6: lambda: np.rot90(a, -1), 7: lambda: np.rot90(a, 2).transpose(1, 0, 2), 8: lambda: np.rot90(a, 1)}
+    return np.ascontiguousarray(turn[orientation]()) if orientation in turn else a
 
 
 def _pixels(n, times="x"):
     side = math.isqrt(int(n))
     return f"{side}{times}{side} pixels" if side * side == n else f"{n} pixels"
-
-
-def _to_rgb(im):
-    mode = im.mode
-    if mode.startswith("I") or mode == "F":
-        a = np.asarray(im)
-        if a.ndim != 2:
-            raise UploadError(f"unsupported image mode {mode}; save the image as 8-bit RGB or grey")
-        if mode.startswith("I;16") or (mode == "I" and a.max(initial=0) > 255):
-            a = a.astype(np.int64) // 257  # 16-bit grey -> 8 bit, as read_image does
-        grey = np.clip(a, 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
-    if mode != "RGB":
-        im = im.convert("RGB")
-    arr = np.asarray(im, dtype=np.uint8)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise UploadError(f"unsupported image mode {mode}; save the image as 8-bit RGB or grey")
-    return np.ascontiguousarray(arr)
 
 
 # ---------------------------------------------------------------------------------- results
@@ -420,6 +440,7 @@ class DemoState:
             "n_classes": len(self.class_names),
             "input_size": {"height": self.predictor.size[0], "width": self.predictor.size[1]},
             "image_init": self.predictor.image_init,
+            "input_channels": self.predictor.channels,
             "resize_op": self.predictor.resize_op,
             "mode": self.predictor.mode,
             "slide_above_pixels": self.slide_above,
@@ -482,13 +503,16 @@ class DemoState:
         """Decode, predict and write the result files; returns the response dict."""
         import cv2
 
-        from kseg.data.io import write_image, write_label
+        from kseg.data.io import display_image, write_image, write_label
 
         label = f"the upload {filename!r}" if filename else "the upload"
-        image = decode_image(data, max_pixels=self.max_pixels, max_side=self.max_side, name=label)
+        image = decode_image(data, max_pixels=self.max_pixels, max_side=self.max_side, name=label,
+                             channels=self.predictor.channels)
         h, w = image.shape[:2]
         pred, (ph, pw), n_windows = self.plan(h, w)
-        small = image if (ph, pw) == (h, w) else cv2.resize(image, (pw, ph), interpolation=cv2.INTER_AREA)
+        small = image if (ph, pw) == (h, w) else np.concatenate(  # cv2 resizes at most 4 channels at once
+            [cv2.resize(image[..., i : i + 4], (pw, ph), interpolation=cv2.INTER_AREA).reshape(ph, pw, -1)
+             for i in range(0, image.shape[2], 4)], axis=2)
         t0 = time.perf_counter()
         proba = pred.predict_proba(small)
         dt = time.perf_counter() - t0
@@ -520,6 +544,7 @@ class DemoState:
                      mean_confidence=round(float(conf_sum[i] / a), 4) if a else None)
             classes.append(c)
 
+        image = display_image(image)  # the 8-bit RGB picture of 16-bit or multi-band uploads
         token, folder = self.store.new()
         try:
             write_image(os.path.join(folder, "original.jpg"), image, quality=90)
