@@ -139,7 +139,10 @@ class SizeCheckedModel(keras.Model):
 
 
 def _size_checked(model, name, divisor, min_size):
-    """The builder's functional ``model`` as a :class:`SizeCheckedModel` (same graph)."""
+    """The builder's functional ``model`` as a :class:`SizeCheckedModel` (same graph);
+    anything else a builder returns (a subclassed model, another object) unchanged."""
+    if not isinstance(model, keras.Model) or type(model).__name__ != "Functional":
+        return model
     return SizeCheckedModel(model.input, model.output, name=model.name,
                             size_rule={"model": name, "divisor": int(divisor), "min_size": int(min_size)})
 

@@ -88,16 +88,18 @@ def test_model(name, tmp_path):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_logits_and_binary_heads(name):
+    """Also: every model takes any number of input channels (here 1 and 4)."""
     spec = model_spec(name)
     h, w = spec.test_size
-    logits = get_model(name, n_classes=2, input_height=h, input_width=w, activation=None, **spec.test_kwargs)
+    logits = get_model(name, n_classes=2, input_height=h, input_width=w, channels=1, activation=None,
+                       **spec.test_kwargs)
     x, _ = _batch((h, w), 2)
-    out = _forward(logits, x)
+    out = _forward(logits, x[..., :1])
     assert out.shape == (2, h, w, 2)
     # logits are not probabilities: not all in [0, 1] summing to 1
     assert not np.allclose(out.sum(-1), 1.0, atol=1e-3) or out.min() < 0 or out.max() > 1
-    binary = get_model(name, n_classes=1, input_height=h, input_width=w, **spec.test_kwargs)
-    out = _forward(binary, x)
+    binary = get_model(name, n_classes=1, input_height=h, input_width=w, channels=4, **spec.test_kwargs)
+    out = _forward(binary, np.concatenate([x, x[..., :1]], axis=-1))
     assert out.shape == (2, h, w, 1)
     assert 0.0 <= out.min() and out.max() <= 1.0
 
