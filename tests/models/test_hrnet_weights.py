@@ -198,13 +198,11 @@ def _bytes_of(storages, plan):
     return out
 
 
-def write_torch_zip(path, obj, tricky=True):
-    """What ``torch.save`` writes (torch >= 1.6): ``archive/data.pkl``, ``archive/data/<key>``."""
-    flat = _flat(obj)
-    plan, storages = _plan_storages(flat, tricky)
-    p = _Pickle()
-    # the zip format's storage record: (storage, type, key, location, numel)
-    numel = {sk: len(a) for sk, a in _bytes_of(storages, plan).items()}
+def _emit_state(p, obj, plan, record, parameters):
+    """Pickle a (nested) state dict of tensors into ``p`` as torch does: each tensor is
+    ``_rebuild_tensor_v2(storage record, offset, shape, stride, ...)``; ``record(key,
+    dtype)`` writes the format's persistent storage id; with ``parameters`` a key
+    containing "param" is saved as an ``nn.Parameter``."""
 
     def emit(o, prefix=""):
         if isinstance(o, dict):
@@ -216,18 +214,33 @@ def write_torch_zip(path, obj, tricky=True):
             return
         sk, offset, stride, dtype = plan[prefix]
         a = np.asarray(o)
-        if "param" in prefix:  # an nn.Parameter (saved with keep_vars=True)
+        param = parameters and "param" in prefix  # an nn.Parameter (saved with keep_vars=True)
+        if param:
             p.glob("torch._utils", "_rebuild_parameter"), p.op(b"(")
         p.glob("torch._utils", "_rebuild_tensor_v2"), p.op(b"(")
-        p.op(b"("), p.text("storage"), p.glob("torch", _STORAGE[dtype]), p.text(sk), p.text("cpu")
-        p.int(numel[sk]), p.op(b"t"), p.op(b"Q")
+        record(sk, dtype)
+        p.op(b"Q")
         p.int(offset), p.ints(a.shape), p.ints(stride if a.ndim else ())
         p.op(b"\x89"), p.glob("collections", "OrderedDict"), p.op(b")"), p.op(b"R")
         p.op(b"t"), p.op(b"R")
-        if "param" in prefix:
+        if param:
             p.op(b"\x88"), p.glob("collections", "OrderedDict"), p.op(b")"), p.op(b"R"), p.op(b"t"), p.op(b"R")
 
     emit(obj)
+
+
+def write_torch_zip(path, obj, tricky=True):
+    """What ``torch.save`` writes (torch >= 1.6): ``archive/data.pkl``, ``archive/data/<key>``."""
+    flat = _flat(obj)
+    plan, storages = _plan_storages(flat, tricky)
+    p = _Pickle()
+    numel = {sk: len(a) for sk, a in _bytes_of(storages, plan).items()}
+
+    def record(sk, dtype):  # the zip format's storage record: (storage, type, key, location, numel)
+        p.op(b"("), p.text("storage"), p.glob("torch", _STORAGE[dtype]), p.text(sk), p.text("cpu")
+        p.int(numel[sk]), p.op(b"t")
+
+    _emit_state(p, obj, plan, record, parameters=True)
     p.op(b".")
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         z.writestr("archive/data.pkl", bytes(p.b))
@@ -246,25 +259,11 @@ def write_torch_legacy(path, obj, tricky=True):
     data = _bytes_of(storages, plan)
     p = _Pickle()
 
-    def emit(o, prefix=""):
-        if isinstance(o, dict):
-            p.glob("collections", "OrderedDict"), p.op(b")"), p.op(b"R"), p.op(b"(")
-            for k, v in o.items():
-                p.text(k)
-                emit(v, f"{prefix}{k}")
-            p.op(b"u")
-            return
-        sk, offset, stride, dtype = plan[prefix]
-        a = np.asarray(o)
-        p.glob("torch._utils", "_rebuild_tensor_v2"), p.op(b"(")
-        # the legacy record: (storage, type, root key, location, numel, view metadata)
+    def record(sk, dtype):  # the legacy record: (storage, type, root key, location, numel, view metadata)
         p.op(b"("), p.text("storage"), p.glob("torch.cuda", _STORAGE[dtype]), p.text(sk), p.text("cuda:0")
-        p.int(len(data[sk])), p.op(b"N"), p.op(b"t"), p.op(b"Q")
-        p.int(offset), p.ints(a.shape), p.ints(stride if a.ndim else ())
-        p.op(b"\x89"), p.glob("collections", "OrderedDict"), p.op(b")"), p.op(b"R")
-        p.op(b"t"), p.op(b"R")
+        p.int(len(data[sk])), p.op(b"N"), p.op(b"t")
 
-    emit(obj)
+    _emit_state(p, obj, plan, record, parameters=False)
     p.op(b".")
     keys = sorted(data)
     with open(path, "wb") as f:
