@@ -84,7 +84,9 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
     if args.write_readme:
-        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+        # kseg/cli/models.py -> the repository root, where README.md is
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                            "README.md")
         text = open(path, encoding="utf-8").read()
         if START not in text or END not in text:
             print(f"README.md has no {START} ... {END} markers; table not written", file=sys.stderr)

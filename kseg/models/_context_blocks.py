@@ -1,4 +1,4 @@
-"""Context modules shared by PSPNet, ICNet and DeepLabV2.
+"""Context modules shared by PSPNet, ICNet, DeepLabV2, DeepLabV3(+) and UPerNet.
 
 * :class:`~kseg.models.layers.AdaptiveAveragePooling2D` (defined in
   :mod:`kseg.models.layers` with the other custom layers, re-exported here) --
@@ -9,6 +9,8 @@
 * :func:`cascade_feature_fusion` -- ICNet's CFF unit.
 * :func:`aspp_v2` -- DeepLabV2's atrous spatial pyramid pooling: parallel branches of
   class scores that are summed.
+* :func:`aspp` -- DeepLabV3's atrous spatial pyramid pooling with image pooling (DeepLabV3,
+  DeepLabV3+).
 
 Only ``keras`` and ``keras.ops`` are used, so everything runs on every Keras backend.
 """
@@ -108,3 +110,27 @@ def aspp_v2(x, n_classes, rates=(6, 12, 18, 24), name="aspp", hidden=None, dropo
             y = layers.Conv2D(n_classes, 1, name=f"{p}_logits")(y)
         branches.append(y)
     return layers.Add(name=f"{name}_sum")(branches)
+
+
+def aspp(x, filters, atrous_rates, dropout, name):
+    """Atrous Spatial Pyramid Pooling (DeepLabV3, Chen et al. 2017).
+
+    Parallel branches on ``x``: a 1x1 conv, one 3x3 conv per rate in
+    ``atrous_rates``, and image pooling (global average -> 1x1 conv -> resized
+    back to ``x``'s size, so any input size works); each has ``filters`` channels
+    and BN + ReLU. They are concatenated, projected by a 1x1 conv-BN-ReLU and
+    passed through dropout. Layers are named ``{name}_*``.
+    """
+    branches = [L.conv_bn_act(x, filters, 1, name=f"{name}_1x1")]
+    for rate in atrous_rates:
+        branches.append(
+            L.conv_bn_act(x, filters, 3, dilation_rate=rate, name=f"{name}_rate{rate}")
+        )
+    pooled = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool_gap")(x)
+    pooled = L.conv_bn_act(pooled, filters, 1, name=f"{name}_pool")
+    branches.append(L.ResizeLike(name=f"{name}_pool_resize")([pooled, x]))
+    y = layers.Concatenate(name=f"{name}_concat")(branches)
+    y = L.conv_bn_act(y, filters, 1, name=f"{name}_project")
+    if dropout:
+        y = layers.Dropout(dropout, name=f"{name}_dropout")(y)
+    return y

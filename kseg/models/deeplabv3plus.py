@@ -5,34 +5,11 @@ from keras import layers
 
 from kseg.models import _checks as C
 from kseg.models import layers as L
+from kseg.models._context_blocks import aspp
 from kseg.models.backbones import build_encoder
 from kseg.models.registry import register_model
 
 BACKBONES = ("resnet50", "mobilenetv2", "xception")
-
-
-def aspp(x, filters, atrous_rates, dropout, name):
-    """Atrous Spatial Pyramid Pooling (DeepLabV3, Chen et al. 2017).
-
-    Parallel branches on ``x``: a 1x1 conv, one 3x3 conv per rate in
-    ``atrous_rates``, and image pooling (global average -> 1x1 conv -> resized
-    back to ``x``'s size, so any input size works); each has ``filters`` channels
-    and BN + ReLU. They are concatenated, projected by a 1x1 conv-BN-ReLU and
-    passed through dropout. Layers are named ``{name}_*``.
-    """
-    branches = [L.conv_bn_act(x, filters, 1, name=f"{name}_1x1")]
-    for rate in atrous_rates:
-        branches.append(
-            L.conv_bn_act(x, filters, 3, dilation_rate=rate, name=f"{name}_rate{rate}")
-        )
-    pooled = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool_gap")(x)
-    pooled = L.conv_bn_act(pooled, filters, 1, name=f"{name}_pool")
-    branches.append(L.ResizeLike(name=f"{name}_pool_resize")([pooled, x]))
-    y = layers.Concatenate(name=f"{name}_concat")(branches)
-    y = L.conv_bn_act(y, filters, 1, name=f"{name}_project")
-    if dropout:
-        y = layers.Dropout(dropout, name=f"{name}_dropout")(y)
-    return y
 
 
 @register_model(
@@ -66,7 +43,7 @@ def deeplabv3plus(
     and the 3x3 convolutions of stage 5 dilation 2; MobileNetV2: ``block_13``
     has stride 1 and blocks 14-16 dilation 2; Xception: ``block13``'s pooling
     and shortcut have stride 1 and the exit-flow separable convolutions
-    dilation 2. ASPP (see :func:`aspp`): 1x1 conv, 3x3 convs with rates 6, 12,
+    dilation 2. ASPP (see :func:`kseg.models._context_blocks.aspp`): 1x1 conv, 3x3 convs with rates 6, 12,
     18, image pooling, 256 filters each with BN-ReLU, concatenation, 1x1
     projection, dropout 0.1. Decoder: the stride-4 low-level feature
     (``conv2_block3_out`` / ``block_3_expand_relu`` / ``block3_sepconv2_bn``)

@@ -22,7 +22,8 @@ options it was built with (``unet`` has an encoder only with ``encoder=...``,
   ResNet (ICNet: the shared stem-to-stage-2 sub-model and stages 2-4 of the low
   branch, not the full-resolution branch), ENet's initial block and stages 1-3 (the
   paper trains that encoder on its own first), HRNet's stem, stages and transitions
-  (everything before the head).
+  (everything before the head), SegFormer's Mix Transformer (everything before the all-MLP
+  decoder).
 
 A frozen layer has ``trainable = False``; Keras 3 then also runs a
 ``BatchNormalization`` layer in inference mode (its moving statistics normalise and
@@ -51,17 +52,24 @@ APPLICATION = "keras.applications encoder"
 #: of layer names after ``{model.name}_``).
 ENCODERS = {
     "deeplab_v2": r"(vgg16|resnet101)_",
+    "deeplabv3": APPLICATION,
     "deeplabv3plus": APPLICATION,
     "enet": r"(initial|b[123]_)",
     "fcn8": APPLICATION,
+    "fpn": APPLICATION,
     "hrnet": r"(stem|stage\d|transition\d)",
     "icnet": r"(shared$|stage[234]_)",
+    "linknet": APPLICATION,
+    "manet": APPLICATION,
     "mobilenet_fcn8": APPLICATION,
     "mobilenet_unet": APPLICATION,
+    "pan": APPLICATION,
     "pspnet": r"backbone_",
+    "segformer": r"mit_",
     "segnet": r"enc\d",
     "unet": APPLICATION,  # with encoder=...; the paper's U-Net has none
     "unet_xception_resnetblock": APPLICATION,
+    "upernet": APPLICATION,
     "vggunet": APPLICATION,
 }
 

@@ -9,8 +9,8 @@ Functional helpers take a tensor and a ``name`` prefix and return a tensor; ever
 layer they create gets a deterministic name derived from that prefix.
 
 Every custom layer of the zoo is defined in this module (ResizeLike,
-AdaptiveAveragePooling2D, MaxPoolingWithArgmax2D, MaxUnpooling2D, PadChannels)
-so that one test (tests/models/test_conventions.py) checks all of them: config
+AdaptiveAveragePooling2D, MaxPoolingWithArgmax2D, MaxUnpooling2D, PadChannels,
+MapAttention, PositionAttention) so that one test (tests/models/test_conventions.py) checks all of them: config
 round trip, ``.keras`` save/load and mixed precision. A new layer must be added
 to that test's sample arguments, or the test fails.
 
@@ -22,6 +22,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from kseg.errors import ModelConfigError
 from kseg.models import _checks as C
 
 BN_MOMENTUM = 0.9  # Keras momentum: decay of the moving average (= PyTorch momentum 0.1)
@@ -102,6 +103,17 @@ def classifier(x, n_classes, name, activation="softmax", kernel_size=1):
     else:
         x = layers.Activation("linear", dtype="float32", name=f"{name}_linear")(x)
     return x
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+def exact_gelu(x):
+    """GELU with the Gaussian CDF written through erf: ``x * (1 + erf(x / sqrt(2))) / 2``.
+
+    The same function as ``keras.activations.gelu(x, approximate=False)``, whose
+    TensorFlow form uses ``erfc``, an op ONNX lacks; ``erf`` exports. Use it as
+    ``layers.Activation(exact_gelu)`` (serialised by name, ``kseg>exact_gelu``).
+    """
+    return 0.5 * x * (1.0 + ops.erf(x * float(np.sqrt(0.5))))
 
 
 def output_activation(x, n_classes, name, activation="softmax"):
@@ -298,3 +310,92 @@ class AdaptiveAveragePooling2D(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "bins": self.bins}
+
+
+# --------------------------------------------------------------------------------------
+# Multi-head attention over the positions of two feature maps (SegFormer)
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class MapAttention(layers.Layer):
+    """Multi-head scaled dot-product attention from the positions of one map to another's.
+
+    Inputs ``[q, kv]``: queries ``q`` of shape ``(B, H, W, C)`` and keys and values
+    ``kv`` of shape ``(B, h, w, 2C)`` (the first ``C`` channels are the keys, the
+    last ``C`` the values; within each, head ``j`` owns channels ``j*d .. (j+1)*d``,
+    ``d = C / heads``). Every one of the ``H*W`` query positions attends to all
+    ``h*w`` key positions, head by head: ``softmax(q_j k_j^T / sqrt(d)) v_j``; the
+    heads are concatenated back to ``(B, H, W, C)``. The layer has no weights: the
+    projections are ordinary ``Dense`` layers around it (SegFormer's efficient
+    self-attention: :mod:`kseg.models.segformer`). ``h, w`` may differ from ``H, W``
+    (a spatially reduced key/value map); sizes may be ``None``.
+
+    Args:
+        heads: number of heads; must divide ``C``.
+    """
+
+    def __init__(self, heads, **kwargs):
+        super().__init__(**kwargs)
+        self.heads = int(C.positive_int("MapAttention", "heads", heads))
+
+    def build(self, input_shapes):
+        q, kv = input_shapes
+        c = q[-1]
+        if c is None or c % self.heads or kv[-1] != 2 * c:
+            raise ModelConfigError(
+                f"MapAttention: queries need a channel count divisible by heads={self.heads} and keys/values "
+                f"twice as many channels; received {q[-1]} and {kv[-1]}")
+        super().build(input_shapes)
+
+    def call(self, inputs):
+        q, kv = inputs
+        c = q.shape[-1]
+        d = c // self.heads
+        # sizes from the static shape where known (a fixed-size model exports with constant shapes)
+        qh, qw = (q.shape[i] if q.shape[i] is not None else ops.shape(q)[i] for i in (1, 2))
+        kh, kw = (kv.shape[i] if kv.shape[i] is not None else ops.shape(kv)[i] for i in (1, 2))
+        q = ops.reshape(q, (-1, qh * qw, self.heads, d))  # B, N, heads, d
+        kv = ops.reshape(kv, (-1, kh * kw, 2, self.heads, d))  # B, M, keys/values, heads, d
+        scores = ops.einsum("bnhd,bmhd->bhnm", q, kv[:, :, 0]) * ops.cast(d ** -0.5, q.dtype)
+        # one key position (a small map): the weight is 1 (and Keras' softmax would warn)
+        weights = ops.ones_like(scores) if scores.shape[-1] == 1 else ops.softmax(scores, axis=-1)
+        out = ops.einsum("bhnm,bmhd->bnhd", weights, kv[:, :, 1])
+        return ops.reshape(out, (-1, qh, qw, c))
+
+    def compute_output_shape(self, input_shapes):
+        return tuple(input_shapes[0])
+
+    def get_config(self):
+        return {**super().get_config(), "heads": self.heads}
+
+
+# --------------------------------------------------------------------------------------
+# Position attention over the pixels of one map (MA-Net's position-wise attention block)
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class PositionAttention(layers.Layer):
+    """Every pixel attends to every pixel of the same map: ``softmax(q k^T) v``.
+
+    Inputs ``[q, k, v]`` of shapes ``(B, H, W, c)``, ``(B, H, W, c)``, ``(B, H, W, C)``
+    (queries and keys may be narrower than the values). With ``N = H*W`` positions, the
+    ``N x N`` energies ``q k^T`` are normalised by a softmax over the key positions of each
+    query (no scaling), and the output ``(B, H, W, C)`` at each pixel is the weighted sum of
+    the values. The layer has no weights: the projections are ordinary convolutions
+    around it (:mod:`kseg.models.manet`). Sizes may be ``None``; memory grows as ``N**2``,
+    so it belongs on the deepest, smallest feature map.
+    """
+
+    def call(self, inputs):
+        q, k, v = inputs
+        shape = ops.shape(v)
+        b = shape[0]
+        q = ops.reshape(q, (b, -1, q.shape[-1]))
+        k = ops.reshape(k, (b, -1, k.shape[-1]))
+        values = ops.reshape(v, (b, -1, v.shape[-1]))
+        energy = ops.matmul(q, ops.transpose(k, (0, 2, 1)))  # B, N queries, N keys
+        out = ops.matmul(ops.softmax(energy, axis=-1), values)
+        return ops.reshape(out, (b, shape[1], shape[2], v.shape[-1]))
+
+    def compute_output_shape(self, input_shapes):
+        return tuple(input_shapes[2])

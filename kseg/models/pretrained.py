@@ -62,8 +62,9 @@ from kseg.models.resnet import RESNET_BLOCKS
 KERAS_RESNET_BN_EPSILON = 1.001e-5
 RESNET_APPLICATIONS = {"resnet50": "ResNet50", "resnet101": "ResNet101"}
 # Networks whose ImageNet weights expect BGR input ("caffe" mode of
-# keras.applications.imagenet_utils.preprocess_input).
-BGR_APPLICATIONS = frozenset({"ResNet50", "ResNet101", "VGG16"})
+# keras.applications.imagenet_utils.preprocess_input: vgg16, vgg19 and resnet's
+# preprocess_input; ResNetV2, DenseNet and the rest take RGB).
+BGR_APPLICATIONS = frozenset({"ResNet50", "ResNet101", "ResNet152", "VGG16", "VGG19"})
 
 _CONV_WEIGHTS = ("kernel", "bias")
 _BN_WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")

@@ -234,12 +234,20 @@ def test_every_model_module_is_imported_by_the_package():
 # integer values or None).
 LAYER_SAMPLES = {
     "AdaptiveAveragePooling2D": {"args": {"bins": 3}, "inputs": [((7, 5, 2), "float32", None)]},
+    "MapAttention": {
+        "args": {"heads": 2},
+        "inputs": [((5, 3, 4), "float32", None), ((2, 2, 8), "float32", None)],
+    },
     "MaxPoolingWithArgmax2D": {"args": {}, "inputs": [((8, 6, 3), "float32", None)]},
     "MaxUnpooling2D": {
         "args": {},
         "inputs": [((4, 3, 2), "float32", None), ((4, 3, 2), "int32", 4)],
     },
     "PadChannels": {"args": {"extra": 2}, "inputs": [((4, 4, 3), "float32", None)]},
+    "PositionAttention": {
+        "args": {},
+        "inputs": [((3, 4, 2), "float32", None), ((3, 4, 2), "float32", None), ((3, 4, 5), "float32", None)],
+    },
     "ResizeLike": {
         "args": {"interpolation": "bilinear"},
         "inputs": [((5, 7, 3), "float32", None), ((10, 14, 2), "float32", None)],

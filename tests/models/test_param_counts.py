@@ -19,12 +19,19 @@ GOLDEN = {
     "deeplabv3plus": 40_431_170,
     # ENet: paper 0.37M (arXiv:1606.02147, its parameter comparison with SegNet). Dropping the decoder's spatial
     # dropout (as the authors' decoder.lua) changed no parameter count.
+    # Decoders over keras' ResNet50 (23,587,712 parameters) + the decoder counted by hand from SMP's /
+    # the authors' layer lists in tests/models/test_decoders.py (at n_classes=2).
+    "deeplabv3": 39_126_402,  # + 15,538,690 (paper head: no 3x3 after the ASPP)
     "enet": 370_865,
     "fcn8": 134_271_430,
+    "fpn": 28_556_162,  # + 4,968,450 (with the paper's 3x3 smoothing convs)
     "hrnet": 9_670_718,
     "icnet": 6_726_338,
+    "linknet": 28_826_258,  # + 5,238,546 (3x3 transposed convs)
+    "manet": 147_530_506,  # + 123,942,794
     "mobilenet_fcn8": 3_233_606,
     "mobilenet_unet": 8_336_226,
+    "pan": 24_340_047,  # + 752,335
     "pspnet": 46_765_250,
     "r2attunet": 36_706_374,
     "r2unet": 35_660_930,
@@ -43,10 +50,15 @@ GOLDEN = {
     #   14,710,464 + 14,708,736 + 4 * 7,936 + (64*2 + 2) = 29,451,074.
     # (Before the decoder fix: one 64 -> 64 conv-BN more, + 36,864 + 256 = 29,488,194.)
     "segnet": 29_451_074,
+    # SegFormer-B0: paper 3.8M at 150 classes; the hand count of the official layers is in
+    # tests/models/test_segformer.py (3,752,694 at 150 classes); at 2 classes
+    # 3,752,694 - 148 * 257 (classifier) + 2 * 256 (the fusion BN's moving statistics) = 3,715,170.
+    "segformer": 3_715_170,
     "seunet": 31_270_714,
     "unet": 31_049_474,
     "unet++": 9_053_154,
     "unet_xception_resnetblock": 38_427_434,
+    "upernet": 64_114_562,  # + 40,526,850 (fpn_dim 512)
     "vggunet": 31_978_946,
 }
 
