@@ -11,6 +11,8 @@ EXTRAS["dev"] = sorted(
 )
 # NVIDIA GPUs (not part of dev: it pulls several GB of CUDA libraries)
 EXTRAS["gpu"] = ["tensorflow[and-cuda]>=2.16"]
+# kseg benchmark --peers: the PyTorch peers (not part of dev: CI has no torch; kseg never imports it at run time)
+EXTRAS["bench"] = ["torch", "torchvision", "segmentation-models-pytorch"]
 
 setup(
     name="kseg",

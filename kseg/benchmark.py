@@ -22,6 +22,9 @@ Every figure is measured, in this run, on this machine:
 * ``pipeline_images_per_s``: :func:`kseg.data.pipeline.make_dataset` alone (no
   model) on a real dataset folder: read, decode (JPEG image, PNG index label), resize
   and batch.
+* ``--inference`` (:func:`inference_runtimes`): batch-1 CPU inference through Keras and
+  through the automatic runtime (``--runtime auto``), interleaved in one process; the
+  speed-ups are medians of per-round ratios.
 
 Each configuration runs in its own subprocess (``python -m kseg.benchmark TASK JSON``)
 so memory figures do not mix and thread settings apply from the start.
@@ -459,6 +462,112 @@ def interleaved_comparison(cfg):
     return out
 
 
+def inference_runtimes(cfg):
+    """Batch-1 CPU inference of one model through Keras and through the automatic runtime
+    (``--runtime auto``, :func:`kseg.runtime.auto_runner`), side by side in ONE process.
+
+    An untrained registry model is saved as a temporary experiment (``best.keras`` and
+    ``config.json``) and loaded twice with :meth:`kseg.predict.Predictor.from_experiment`:
+    ``runtime="keras"`` and ``cfg["runtime"]`` (default ``auto``: the ONNX copy is made
+    and parity-checked there, its conversion time reported). When ``auto`` kept Keras
+    (it measured the copy slower), the copy is timed too (``runtime="onnx"``), so the
+    figures say why. Each round times every predictor once, in an order that alternates
+    between rounds: the model call on a random normalised ``(1, h, w, channels)`` batch
+    and :meth:`Predictor.predict_proba` end to end on a random ``uint8`` image of the
+    network size. Ratios are the median over rounds of the per-round ratio (robust to a
+    shared machine; ``*_model_speedup_fastest``: the ratio of the fastest calls, as the
+    automatic runtime's own timing); milliseconds are medians.
+
+    ``cfg``: ``model``, ``input_height``, ``input_width``, ``n_classes``, ``model_kwargs``,
+    ``rounds``, ``warmup``, ``runtime``, ``workdir``.
+    """
+    configure_threads(cfg.get("intra_threads", 0), cfg.get("inter_threads", 0))
+    import shutil
+
+    import keras
+
+    from kseg.config import ExperimentConfig
+    from kseg.experiment import write_config
+    from kseg.models import get_model, model_spec
+    from kseg.predict import Predictor
+
+    name, h, w = cfg["model"], int(cfg["input_height"]), int(cfg["input_width"])
+    n_classes, kwargs = int(cfg.get("n_classes", 2)), dict(cfg.get("model_kwargs") or {})
+    keras.utils.set_random_seed(0)
+    size_free = model_spec(name).dynamic
+    model = get_model(name, n_classes=n_classes, input_height=None if size_free else h,
+                      input_width=None if size_free else w, **kwargs)
+    folder = tempfile.mkdtemp(prefix="kseg-bench-infer-", dir=cfg.get("workdir"))
+    try:
+        model.save(os.path.join(folder, "best.keras"))
+        write_config(folder, ExperimentConfig(model_name=name, model_kwargs=kwargs, n_classes=n_classes,
+                                              input_height=h, input_width=w))
+        del model
+        t0 = time.perf_counter()
+        auto = Predictor.from_experiment(folder, runtime=cfg.get("runtime", "auto"), batch_size=1)
+        conversion_s = time.perf_counter() - t0
+        preds = {"keras": Predictor.from_experiment(folder, runtime="keras", batch_size=1), "auto": auto}
+        rec = getattr(auto.run, "record", None) or getattr(auto.run, "slower_copy", None)
+        if getattr(auto.run, "slower_copy", None):  # auto kept Keras for speed: time the copy as well
+            preds["onnx"] = Predictor.from_experiment(folder, runtime="onnx", batch_size=1)
+        rng = np.random.default_rng(0)
+        x = rng.random((1, h, w, auto.channels), dtype=np.float32)
+        image = rng.integers(0, 256, (h, w, auto.channels), dtype=np.uint8)
+        names = list(preds)
+        model_t = {k: [] for k in names}
+        e2e_t = {k: [] for k in names}
+        for r in range(int(cfg.get("warmup", 2)) + int(cfg.get("rounds", 10))):
+            order = names if r % 2 == 0 else names[::-1]
+            for k in order:
+                t1 = time.perf_counter()
+                preds[k].run(x)
+                t2 = time.perf_counter()
+                preds[k].predict_proba(image)
+                t3 = time.perf_counter()
+                if r >= int(cfg.get("warmup", 2)):
+                    model_t[k].append(t2 - t1)
+                    e2e_t[k].append(t3 - t2)
+        out = {"model": name, "input_height": h, "input_width": w, "batch": 1, "rounds": len(model_t["keras"]),
+               "auto_runtime": auto.runtime, "runtime_line": auto.runtime_line(),
+               "conversion_s": round(conversion_s, 1),
+               "parity_max_abs_diff": rec["parity"]["max_abs_diff"] if rec else None,
+               "params": int(preds["keras"].run.model.count_params()) if hasattr(preds["keras"].run, "model")
+               else None}
+        for k in names:
+            out[f"{k}_model_ms"] = round(1000 * statistics.median(model_t[k]), 2)
+            out[f"{k}_predict_ms"] = round(1000 * statistics.median(e2e_t[k]), 2)
+            if k != "keras":
+                out[f"{k}_model_speedup"] = round(statistics.median(
+                    [a / b for a, b in zip(model_t["keras"], model_t[k])]), 2)
+                out[f"{k}_model_speedup_fastest"] = round(min(model_t["keras"]) / min(model_t[k]), 2)
+                out[f"{k}_predict_speedup"] = round(statistics.median(
+                    [a / b for a, b in zip(e2e_t["keras"], e2e_t[k])]), 2)
+        out["load_avg"] = load_avg()
+        return out
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def format_inference(rows):
+    """A Markdown table of :func:`inference_runtimes` results."""
+    lines = ["| model | size | auto runs | Keras model ms | auto model ms | speed-up (model) | "
+             "speed-up (model, fastest calls) | speed-up (predict) | ONNX copy speed-up (model) | "
+             "parity max \\|dp\\| |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r.get('model')} | | error: {r['error'][:100]} | | | | | | | |")
+            continue
+        onnx = r.get("onnx_model_speedup")
+        diff = r.get("parity_max_abs_diff")
+        lines.append(f"| {r['model']} | {r['input_height']}x{r['input_width']} | {r['auto_runtime']} | "
+                     f"{r['keras_model_ms']:.1f} | {r['auto_model_ms']:.1f} | {r['auto_model_speedup']:.2f}x | "
+                     f"{r['auto_model_speedup_fastest']:.2f}x | "
+                     f"{r['auto_predict_speedup']:.2f}x | {'-' if onnx is None else f'{onnx:.2f}x'} | "
+                     f"{'-' if diff is None else f'{diff:.1e}'} |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------
 # input pipeline
 
@@ -600,15 +709,17 @@ def rss_over_epochs(cfg):
 # subprocess plumbing
 
 
-def run_in_subprocess(task, cfg, timeout=1800, env=None):
-    """Run ``task`` (``model``, ``conv_peak``, ``pipeline``, ``rss_epochs``, ``machine``)
-    with ``cfg`` in a fresh Python process; return its result dict (``{"error": ...}``
-    when it fails)."""
+def run_in_subprocess(task, cfg, timeout=1800, env=None, module="kseg.benchmark", python=None):
+    """Run ``task`` of ``module`` (kseg.benchmark's ``model``, ``conv_peak``, ``pipeline``,
+    ``rss_epochs``, ``interleaved``, ``inference_runtimes``, ``machine``; kseg.bench_peers'
+    ``peer``, ``profile``) with ``cfg`` in a fresh ``python`` process (default: this
+    interpreter); return its result dict (``{"error": ...}`` when it fails). The task prints
+    its result as one ``KSEG_BENCH {json}`` line."""
     e = dict(os.environ, **(env or {}))
     e.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     e["PYTHONPATH"] = root + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-m", "kseg.benchmark", task, json.dumps(cfg)]
+    cmd = [python or sys.executable, "-m", module, task, json.dumps(cfg)]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e)
     except subprocess.TimeoutExpired:
@@ -642,6 +753,8 @@ def _main(argv):
         out = rss_over_epochs(cfg)
     elif task == "interleaved":
         out = interleaved_comparison(cfg)
+    elif task == "inference_runtimes":
+        out = inference_runtimes(cfg)
     elif task == "machine":
         out = machine_info()
     else:

@@ -18,6 +18,10 @@ reader training used -- into class probabilities and a mask at the image's own s
 * ``mode="whole"``: the full image at once (zero-padded to the model's size
   divisor), for fully convolutional models.
 
+:meth:`Predictor.from_experiment` picks how an experiment's ``.keras`` model runs
+(``runtime="auto"``: onnxruntime on a cached, parity-checked ONNX copy on a CPU-only
+machine, see :func:`kseg.runtime.auto_runner`); ``Predictor.runtime`` names it.
+
 Preprocessing follows the training pipeline (``kseg.data.pipeline``): the image
 is normalised first, then resized / letterboxed / padded, and padding is 0 in
 normalised space (the value training pads with); :func:`network_input` is that
@@ -45,7 +49,8 @@ from kseg.data.io import Decoded, display_image, read_image, to_channels
 from kseg.data.preprocess import check_image_init, check_resize_op, network_input, normalize, restore_size
 from kseg.errors import KsegError
 from kseg.progress import Progress
-from kseg.runtime import keras_runner, runtime_runner  # noqa: F401 (keras_runner: importable from here too)
+from kseg.runtime import auto_runner, describe_runtime, runtime_runner
+from kseg.runtime import keras_runner  # noqa: F401 (importable from here too)
 
 MODES = ("resize", "slide", "whole")
 DEFAULT_DIVISOR = 32
@@ -161,6 +166,7 @@ class Predictor:
         self.mean, self.std = config.mean, config.std
         self.n_classes = config.n_classes
         self.timer = None
+        self.runtime = getattr(run, "runtime", None)  # keras, onnxruntime, tflite, savedmodel (None: unknown)
         fixed = getattr(run, "input_size", None)
         self.fixed_size = tuple(int(v) for v in fixed) if fixed and None not in tuple(fixed) else None
 
@@ -217,7 +223,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_experiment(cls, weights_path, backend="keras", model_file=None, **kwargs):
+    def from_experiment(cls, weights_path, backend="keras", model_file=None, runtime=None, **kwargs):
         """Load an experiment folder (or a ``.keras`` file next to its config.json).
 
         Args:
@@ -225,6 +231,12 @@ class Predictor:
             backend: ``"keras"`` or an exported runtime (``onnx``, ``tflite``,
                 ``savedmodel``; files written by :mod:`kseg.export`, run by :mod:`kseg.runtime`).
             model_file: the model file to load instead of the experiment's default.
+            runtime: how the ``.keras`` model runs (``backend="keras"``): ``"auto"``
+                (onnxruntime on a CPU-only machine when the export extra is installed, on
+                a parity-checked ONNX copy cached in the experiment; else Keras),
+                ``"keras"`` or ``"onnx"`` (see :func:`kseg.runtime.auto_runner`);
+                ``None``: ``$KSEG_RUNTIME``, else ``auto``. The predictor's ``runtime``
+                attribute names what runs it; :meth:`runtime_line` says why.
             **kwargs: :class:`Predictor` options (``mode``, ``tile``, ``stride``, ``flip``,
                 ``batch_size``).
         """
@@ -232,12 +244,20 @@ class Predictor:
 
         folder, keras_file, config = resolve_weights(weights_path)
         if backend == "keras":
-            run = keras_runner(model_file or keras_file, config=config)
+            run = auto_runner(model_file or keras_file, folder, config, runtime,
+                              whole_images=kwargs.get("mode") == "whole")
         else:
+            if runtime not in (None, "auto"):
+                raise KsegError(f"--runtime {runtime} applies to the .keras model (--backend keras); "
+                                f"--backend {backend} runs the exported file; drop one of them")
             run = runtime_runner(backend, folder, model_file, config)
         p = cls(run, config, **kwargs)
         p.folder = folder
         return p
+
+    def runtime_line(self):
+        """One line naming the runtime and why (``runtime: onnxruntime (parity max |diff| ...)``)."""
+        return describe_runtime(self.run)
 
     # ------------------------------------------------------------------ helpers
     def _stage(self, name):
@@ -388,6 +408,21 @@ class Predictor:
             return acc[:h, :w] if (H, W) != (h, w) else acc
 
 
+def folder_items(test_dir, label_dir=None):
+    """The ``(image, label or None)`` pairs :func:`predict_folder` predicts; a missing or empty
+    folder or unpaired files are a one-line ``DataError`` (cheap: callers check before
+    loading a model)."""
+    from kseg.data.io import IMAGE_EXTENSIONS, list_files, pair_by_stem
+    from kseg.errors import DataError
+
+    if label_dir is not None:
+        return pair_by_stem(test_dir, label_dir)
+    items = [(p, None) for p in list_files(test_dir, IMAGE_EXTENSIONS)]
+    if not items:
+        raise DataError(f"no images found in {test_dir}")
+    return items
+
+
 def predict_folder(predictor, test_dir, output=None, *, label_dir=None, overlays=True, timing=False,
                    batch_size=None):
     """Predict every image of ``test_dir`` at its own size; write, time and evaluate the masks.
@@ -410,18 +445,12 @@ def predict_folder(predictor, test_dir, output=None, *, label_dir=None, overlays
         ``masks_dir``, ``masks`` (``{stem: mask}`` when ``output`` is ``None``), ``timing``
         (:func:`timing_summary`), ``report`` (evaluation) and ``report_text`` (its table).
     """
-    from kseg.data.io import IMAGE_EXTENSIONS, list_files, pair_by_stem, voc_palette
-    from kseg.errors import DataError
+    from kseg.data.io import voc_palette
     from kseg.evaluation import Evaluator, save_prediction  # imports keras: after the cheap checks
     from kseg.experiment import write_json
 
     cfg = predictor.config
-    if label_dir is not None:
-        items = pair_by_stem(test_dir, label_dir)
-    else:
-        items = [(p, None) for p in list_files(test_dir, IMAGE_EXTENSIONS)]
-        if not items:
-            raise DataError(f"no images found in {test_dir}")
+    items = folder_items(test_dir, label_dir)
     names = cfg.names()
     palette = cfg.palette or voc_palette(cfg.n_values).tolist()
     ev = Evaluator(cfg.n_classes, cfg.ignore_index, names)
@@ -468,6 +497,8 @@ def predict_folder(predictor, test_dir, output=None, *, label_dir=None, overlays
         extra.update({"test_dir": os.path.abspath(test_dir), "mode": predictor.mode, "flip": predictor.flip})
         if predictor.mode == "slide":
             extra.update(tile=list(predictor.tile), stride=list(predictor.stride))
+        if getattr(predictor, "runtime", None):
+            extra["runtime"] = predictor.runtime
         if summary is not None:
             extra["timing"] = summary
         result["report"] = (ev.write(output, extra=extra) if output is not None

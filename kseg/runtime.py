@@ -9,19 +9,50 @@ probabilities ``(B, h, w, C)`` -- the ``run`` function of
 * :func:`make_runner` -- an exported file of a given format (``onnx``, ``tflite``,
   ``savedmodel``), as written by :mod:`kseg.export`;
 * :func:`runtime_runner` -- the exported file of an experiment folder
-  (``scripts/test.py --backend onnx|tflite|savedmodel``).
+  (``scripts/test.py --backend onnx|tflite|savedmodel``);
+* :func:`auto_runner` -- an experiment's ``.keras`` model run the fastest way this
+  machine offers (``--runtime auto|keras|onnx``; :func:`choose_runtime` owns the choice).
+
+Every runner has a ``runtime`` attribute naming what runs it (``keras``,
+``onnxruntime``, ``tflite``, ``savedmodel``).
+
+The automatic runtime. On a CPU-only machine with the export extra installed
+(onnxruntime, tf2onnx), ``auto`` converts the ``.keras`` file to ONNX once, in a
+separate process (``python -m kseg.export.cache``: the export's own writer, parity
+check and tolerances, then a batch-1 timing of both runtimes), and caches it in
+``<experiment>/cache/<checkpoint stem>.<sha256 prefix of the .keras file>.onnx`` with
+a record of the parity and the timing beside it (``.json``). A copy made from
+another checkpoint (another hash) or by another onnxruntime version is not used
+(and is removed once a new copy is written). onnxruntime then runs every batch of
+the experiment's input size; other sizes (slide windows cut at an image's border)
+go to the Keras model, loaded when first needed. ``auto`` keeps Keras when a GPU
+is visible, when onnxruntime/tf2onnx/TensorFlow are missing, when the copy ran
+less than :data:`AUTO_MIN_SPEEDUP` times faster than Keras when it was timed, and
+-- with one ``warning:`` line naming why -- when the conversion or its parity check
+fails. ``onnx`` insists (an error instead of the fallback); ``keras`` never converts.
+A read-only experiment folder gets its copy in a temporary folder, removed as soon
+as onnxruntime has loaded it (converted again next time).
 
 This module sits below both :mod:`kseg.predict` and :mod:`kseg.export` and imports
-neither. Running an exported ONNX file needs only onnxruntime; TFLite runs with
+neither (the conversion runs :mod:`kseg.export.cache` as a separate program).
+Running an exported ONNX file needs only onnxruntime; TFLite runs with
 LiteRT (``ai_edge_litert``) when installed, else ``tf.lite``.
 """
 
 import contextlib
+import hashlib
+import importlib.util
+import json
 import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 
-from kseg.errors import ExportError
+from kseg.errors import ConfigError, ExportError
 
 #: Name of the one input of every exported model (float32 NHWC, normalised).
 INPUT_NAME = "image"
@@ -141,6 +172,7 @@ def keras_runner(model_file=None, model=None, config=None):
         return np.asarray(model.predict_on_batch(batch))
 
     run.model = model
+    run.runtime = "keras"
     shape = tuple(model.input_shape)
     run.input_size = tuple(shape[1:3]) if shape[1] is not None and shape[2] is not None else None
     return run
@@ -150,7 +182,7 @@ def keras_runner(model_file=None, model=None, config=None):
 # ONNX Runtime
 
 
-def _onnx_runner(path, threads=None):
+def _onnx_runner(path, threads=None, spinning=True):
     try:
         import onnxruntime as ort
     except ImportError:
@@ -158,6 +190,8 @@ def _onnx_runner(path, threads=None):
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = int(threads)
+    if not spinning:  # idle threads sleep instead of spinning: no CPU taken from the work between batches
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     except Exception as e:
@@ -176,6 +210,7 @@ def _onnx_runner(path, threads=None):
         return _in_chunks(lambda b: sess.run([out_name], {inp.name: b})[0], batch, fixed_batch)
 
     run.session = sess
+    run.runtime = "onnxruntime"
     return run
 
 
@@ -267,6 +302,7 @@ def _tflite_runner(path, threads=None):
 
     run.interpreter = first
     run.state = state
+    run.runtime = "tflite"
     return run
 
 
@@ -299,6 +335,7 @@ def _savedmodel_runner(path):
         return _in_chunks(run_one, batch, fixed_batch)
 
     run.loaded = loaded
+    run.runtime = "savedmodel"
     return run
 
 
@@ -306,10 +343,14 @@ def _savedmodel_runner(path):
 # Entry points
 
 
-def make_runner(fmt, path, threads=None):
-    """A run callable for an exported file ``path`` of format ``fmt`` (``onnx``, ``tflite``, ``savedmodel``)."""
+def make_runner(fmt, path, threads=None, spinning=True):
+    """A run callable for an exported file ``path`` of format ``fmt`` (``onnx``, ``tflite``, ``savedmodel``).
+
+    ``spinning=False``: onnxruntime's idle worker threads sleep at once instead of spinning
+    (the automatic runtime's setting: reading, resizing and writing images between batches,
+    and other processes on a shared machine, keep the CPU)."""
     if fmt == "onnx":
-        return _onnx_runner(path, threads)
+        return _onnx_runner(path, threads, spinning)
     if fmt == "tflite":
         return _tflite_runner(path, threads)
     if fmt == "savedmodel":
@@ -341,3 +382,299 @@ def runtime_runner(backend, folder, model_file, config):
             f"python scripts/export.py --weights_path {folder} --format {backend}"
         )
     return make_runner(backend, path)
+
+
+# ------------------------------------------------------------------------------------------
+# The automatic runtime (see the module docstring)
+
+#: What ``--runtime`` accepts: how an experiment's ``.keras`` model is run.
+RUNTIME_CHOICES = ("auto", "keras", "onnx")
+#: The environment variable holding the default ``--runtime`` (``auto`` when unset).
+ENV_RUNTIME = "KSEG_RUNTIME"
+#: The folder of an experiment that holds the cached ONNX copies.
+CACHE_DIR = "cache"
+#: Version of the cache record; a copy recorded by another version is converted again.
+CACHE_VERSION = 1
+#: ``auto`` runs the ONNX copy only when its fastest call was at least this many times faster
+#: than Keras' (a margin: on a shared machine a 10 % difference is within the noise).
+AUTO_MIN_SPEEDUP = 1.25
+#: Seconds the conversion process may take before ``auto`` keeps Keras.
+CONVERT_TIMEOUT_S = 1800
+#: The program that converts (run as ``python -m``), and the prefix of its result line.
+CONVERTER = "kseg.export.cache"
+CACHE_RESULT_PREFIX = "KSEG_CACHE "
+#: What the automatic runtime needs besides Keras (the export extra, and TensorFlow to convert).
+AUTO_MODULES = ("onnxruntime", "tf2onnx", "onnx", "tensorflow")
+
+
+def check_runtime(value, flag="--runtime"):
+    """``value`` if it is one of :data:`RUNTIME_CHOICES`, else a one-line :class:`ConfigError`."""
+    if value not in RUNTIME_CHOICES:
+        raise ConfigError(f"unknown {flag} {value!r}; valid: {', '.join(RUNTIME_CHOICES)}")
+    return value
+
+
+def default_runtime():
+    """The runtime used when none is asked for: ``$KSEG_RUNTIME``, else ``auto``."""
+    value = os.environ.get(ENV_RUNTIME, "").strip() or "auto"
+    return check_runtime(value, flag=f"${ENV_RUNTIME}")
+
+
+def missing_modules(names=AUTO_MODULES):
+    """The modules of ``names`` that cannot be imported here (looked up, not imported)."""
+    out = []
+    for name in names:
+        try:
+            if importlib.util.find_spec(name) is None:
+                out.append(name)
+        except (ImportError, ValueError):
+            out.append(name)
+    return out
+
+
+def choose_runtime(requested=None, gpu=None, whole_images=False):
+    """The one place that decides how an experiment's ``.keras`` model runs.
+
+    Args:
+        requested: ``"auto"``, ``"keras"`` or ``"onnx"`` (``None``: :func:`default_runtime`).
+        gpu: whether a GPU is visible (``None``: asked of the Keras backend).
+        whole_images: the predictor feeds whole images (``--mode whole``), whose sizes
+            vary; the ONNX copy takes the training size only, so ``auto`` keeps Keras.
+
+    Returns:
+        ``(runtime, reason)``: ``"onnx"`` (try the cached ONNX copy) or ``"keras"``, and
+        why, in words (``""`` when there is nothing to say).
+    """
+    asked = f"${ENV_RUNTIME}" if requested is None else "--runtime"
+    requested = default_runtime() if requested is None else check_runtime(requested)
+    if requested == "keras":
+        return "keras", f"{asked} keras"
+    missing = missing_modules()
+    if requested == "onnx":
+        if missing:
+            raise ExportError(f"--runtime onnx needs {', '.join(missing)} (pip install kseg[export]); "
+                              "or use --runtime auto")
+        return "onnx", ""
+    if missing:
+        return "keras", f"{', '.join(missing)} not installed; pip install kseg[export] to run it with onnxruntime"
+    if whole_images:
+        return "keras", "whole-image mode: the ONNX copy takes the training size only"
+    if gpu is None:
+        from kseg.hardware import gpu_available
+
+        gpu = gpu_available()
+    if gpu:
+        return "keras", "a GPU is visible"
+    return "onnx", ""
+
+
+def file_sha256(path, chunk=1 << 20):
+    """The SHA-256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_paths(folder, keras_file, digest):
+    """``(onnx, record)`` paths of the cached copy of ``keras_file`` (of SHA-256 ``digest``) in ``folder``."""
+    stem = os.path.splitext(os.path.basename(keras_file))[0]
+    base = os.path.join(folder, f"{stem}.{digest[:12]}")
+    return base + ".onnx", base + ".json"
+
+
+def _read_record(path, digest):
+    """The cache record at ``path`` if it describes a usable copy of checkpoint ``digest``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            rec = json.load(f)
+        import onnxruntime
+    except (OSError, ValueError, ImportError):
+        return None
+    if not isinstance(rec, dict) or rec.get("version") != CACHE_VERSION or rec.get("sha256") != digest:
+        return None
+    if rec.get("onnxruntime") != onnxruntime.__version__:
+        return None
+    return rec
+
+
+def _remove_stale_copies(folder, keras_file, digest):
+    """Remove the copies (and what a killed conversion left) of ``keras_file``'s other checkpoints."""
+    from kseg.files import remove_leftovers
+
+    stem = os.path.splitext(os.path.basename(keras_file))[0]
+    pattern = re.compile(r"^\.?" + re.escape(stem) + r"\.([0-9a-f]{12})\.")
+
+    def stale(name):
+        m = pattern.match(name)
+        return bool(m) and m.group(1) != digest[:12]
+
+    return remove_leftovers(folder, stale, dirs=True)
+
+
+def writable_dir(path):
+    """Whether files can be created in ``path`` (made when missing)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".kseg-probe-", dir=path)
+        os.close(fd)
+        os.remove(probe)
+        return True
+    except OSError:
+        return False
+
+
+def convert_in_subprocess(keras_file, folder, onnx_path, record_path, digest, timeout=None):
+    """Run :data:`CONVERTER` on ``keras_file``; returns its record or raises :class:`ExportError` saying why."""
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    timeout = timeout or CONVERT_TIMEOUT_S
+    cmd = [sys.executable, "-m", CONVERTER, os.path.abspath(keras_file), os.path.abspath(folder),
+           os.path.abspath(onnx_path), os.path.abspath(record_path), digest]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"the ONNX conversion took more than {timeout} s") from None
+    for line in reversed(r.stdout.splitlines()):
+        if line.startswith(CACHE_RESULT_PREFIX):
+            res = json.loads(line[len(CACHE_RESULT_PREFIX):])
+            if res.get("ok"):
+                return res["meta"]
+            raise ExportError(f"the ONNX conversion failed: {res.get('reason')}")
+    tail = (r.stderr.strip().splitlines() or ["no message"])[-1][:300]
+    why = "killed, out of memory?" if r.returncode in (-9, 137) else tail
+    raise ExportError(f"the ONNX conversion process ended with status {r.returncode} ({why})")
+
+
+def onnx_copy(keras_file, folder):
+    """The cached ONNX copy of an experiment's ``keras_file``, converted first when needed.
+
+    Returns:
+        A dict: ``path`` (the ``.onnx`` file), ``record`` (its parity and timing),
+        ``converted`` (converted in this call), ``temporary`` (a folder to remove once
+        onnxruntime has loaded the file: the experiment folder was not writable, else
+        ``None``).
+    """
+    from kseg.progress import step
+
+    digest = file_sha256(keras_file)
+    cache = os.path.join(folder, CACHE_DIR)
+    onnx_path, record_path = cache_paths(cache, keras_file, digest)
+    record = _read_record(record_path, digest) if os.path.isfile(onnx_path) else None
+    if record is not None:
+        return {"path": onnx_path, "record": record, "converted": False, "temporary": None}
+    temporary = None
+    if not writable_dir(cache):
+        temporary = tempfile.mkdtemp(prefix="kseg-onnx-")
+        onnx_path, record_path = cache_paths(temporary, keras_file, digest)
+    step(f"onnxruntime: converting {os.path.basename(keras_file)} to ONNX once and checking it against Keras "
+         f"({'in a temporary folder: ' + cache + ' is not writable' if temporary else 'cached in ' + cache})")
+    try:
+        record = convert_in_subprocess(keras_file, folder, onnx_path, record_path, digest)
+    except BaseException:
+        if temporary:
+            shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    if not temporary:
+        _remove_stale_copies(cache, keras_file, digest)
+    return {"path": onnx_path, "record": record, "converted": True, "temporary": temporary}
+
+
+def _sized_dispatch(ort_run, size, load_keras):
+    """A run function: onnxruntime for batches of ``size`` (h, w), the Keras model (loaded by
+    ``load_keras`` when first needed) for any other size."""
+    import threading
+
+    lock = threading.Lock()
+    state = {"keras": None}
+
+    def keras_run():
+        with lock:
+            if state["keras"] is None:
+                state["keras"] = load_keras()
+        return state["keras"]
+
+    def run(batch):
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if tuple(batch.shape[1:3]) == size:
+            return ort_run(batch)
+        return keras_run()(batch)
+
+    run.keras_runner = keras_run
+    run.keras_loaded = lambda: state["keras"] is not None
+    return run
+
+
+def auto_runner(keras_file, folder, config=None, runtime=None, *, whole_images=False, warn=None):
+    """The run callable for an experiment's ``keras_file`` under ``--runtime`` ``runtime``.
+
+    ``auto`` / ``onnx`` use the cached ONNX copy (:func:`onnx_copy`) as the module
+    docstring describes; ``auto`` falls back to Keras with one warning line (written
+    by ``warn``, default: to stderr) when the copy cannot be made or fails its parity
+    check. ``whole_images``: see :func:`choose_runtime`. A Keras callable kept because the
+    copy measured slower has that copy's record as ``slower_copy``. The callable has ``runtime`` (``"onnxruntime"`` or ``"keras"``) and
+    ``runtime_note`` (why, for :func:`describe_runtime`); an onnxruntime one also has
+    ``record`` (parity and timing), ``onnx_path``, ``converted`` and ``input_size``.
+    """
+    choice, reason = choose_runtime(runtime, whole_images=whole_images)
+    requested = default_runtime() if runtime is None else runtime
+    slower = None  # the record of a copy that auto did not use because Keras was faster
+    if choice == "onnx":
+        copy = None
+        try:
+            copy = onnx_copy(keras_file, folder)
+            rec = copy["record"]
+            speed = rec.get("speed") or {}
+            size = tuple(rec["input_size"])
+            if requested == "auto" and speed.get("speedup", 0.0) < AUTO_MIN_SPEEDUP:
+                reason = (f"onnxruntime ran {speed.get('speedup', 0.0):.2f}x Keras' speed at batch 1, "
+                          f"{size[0]}x{size[1]}, when timed; --runtime onnx to use it anyway")
+                slower = rec
+            else:
+                ort_run = make_runner("onnx", copy["path"], spinning=False)
+                run = _sized_dispatch(ort_run, size, lambda: keras_runner(keras_file, config=config))
+                run.session = ort_run.session
+                run.runtime = "onnxruntime"
+                run.record, run.converted = rec, copy["converted"]
+                run.onnx_path = None if copy["temporary"] else copy["path"]
+                run.input_size = tuple(rec["model_input_size"]) if rec.get("model_input_size") else None
+                run.runtime_note = ""
+                return run
+        except Exception as e:
+            if requested == "onnx":
+                raise
+            why = first_line(e)
+            (warn or _warn)(f"warning: running the Keras model instead of onnxruntime: {why}")
+            reason = f"fallback: {why}"
+        finally:
+            if copy is not None and copy["temporary"]:
+                shutil.rmtree(copy["temporary"], ignore_errors=True)
+    run = keras_runner(keras_file, config=config)
+    run.runtime_note = reason
+    run.slower_copy = slower
+    return run
+
+
+def _warn(line):
+    print(line, file=sys.stderr, flush=True)
+
+
+def describe_runtime(run):
+    """One line saying what runs the model and why: ``runtime: onnxruntime (parity max |diff| ...)``."""
+    name = getattr(run, "runtime", None) or "custom"
+    if name == "onnxruntime" and getattr(run, "record", None):
+        rec = run.record
+        p, speed = rec["parity"], rec.get("speed") or {}
+        h, w = rec["input_size"]
+        where = (f"converted now, cached in {run.onnx_path}" if run.converted and run.onnx_path else
+                 f"cached copy {run.onnx_path}" if run.onnx_path else
+                 "converted into a temporary folder (the experiment folder is not writable)")
+        return (f"runtime: onnxruntime (parity max |diff| {p['max_abs_diff']:.1e} <= {p['atol']:g} and argmax "
+                f"differs on {100 * p['argmax_mismatch_ratio']:.3f}% of pixels, on {p['n_images']} images; "
+                f"{speed.get('speedup', float('nan')):.1f}x Keras at batch 1 when timed; {h}x{w} inputs, other "
+                f"sizes run on Keras; {where})")
+    note = getattr(run, "runtime_note", "")
+    return f"runtime: {name}" + (f" ({note})" if note else "")

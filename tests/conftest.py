@@ -3,6 +3,9 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Prediction runs the Keras model in the tests (no ONNX conversion per experiment; subprocesses
+# inherit this); tests/test_runtime_auto.py tests the automatic runtime (kseg.runtime.auto_runner).
+os.environ.setdefault("KSEG_RUNTIME", "keras")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

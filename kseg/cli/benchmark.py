@@ -3,6 +3,8 @@ input-pipeline speed, and the machine's own convolution rate, in one run.
 
     python scripts/benchmark.py --model_name unet --input_height 224 --input_width 224 --batch_size 4
     python scripts/benchmark.py --model_name all --input_height 224 --input_width 224 --no-baseline
+    python scripts/benchmark.py --model_name unet,enet --inference     # Keras vs --runtime auto, batch 1
+    python scripts/benchmark.py --peers enet,deeplabv3plus --steps 5    # next to PyTorch and kseg's variants
 
 Prints one JSON line per measured configuration (``{"model": ...}``) and a Markdown
 table. With ``--model_name unet`` (default) a straightforward Keras 3 U-Net of the same
@@ -37,6 +39,10 @@ def build_parser():
     p.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
     p.add_argument("--infer_runs", type=cli.positive_int, default=20, help="timed batch-1 predictions")
     p.add_argument("--no_inference", action="store_true", help="skip the inference measurements")
+    p.add_argument("--inference", action="store_true",
+                   help="only compare batch-1 CPU inference through Keras and through the automatic runtime "
+                        "(kseg test --runtime auto), interleaved in one process per model, for --infer_runs "
+                        "rounds; prints speed-up ratios (training is not measured)")
     p.add_argument("--baseline", default="auto", choices=("auto", "on", "off"),
                    help="also measure a straightforward Keras 3 U-Net (auto: when unet is measured)")
     p.add_argument("--jit_compile", default="auto", choices=("auto", "on", "off"),
@@ -71,6 +77,9 @@ def build_parser():
     p.add_argument("--json_out", default=None, help="also append the JSON lines to this file")
     p.add_argument("--workdir", default=None,
                    help="folder for converted pipeline labels (default: a temp folder)")
+    from kseg import bench_peers
+
+    bench_peers.add_arguments(p)  # --peers, --variants, --profile: kseg next to PyTorch and its own variants
     return p
 
 
@@ -124,6 +133,27 @@ def _emit(obj, json_out):
             f.write(line + "\n")
 
 
+def _inference(args, models, width, opts):
+    """``--inference``: Keras vs the automatic runtime per model (kseg.benchmark.inference_runtimes)."""
+    from kseg.benchmark import format_inference, load_avg, run_in_subprocess
+
+    rows = []
+    for m in models:
+        print(f"# {m}: Keras vs --runtime auto at batch 1, {args.input_height}x{width} (load average "
+              f"{load_avg()})", file=sys.stderr, flush=True)
+        res = run_in_subprocess("inference_runtimes", {
+            "model": m, "input_height": args.input_height, "input_width": width, "n_classes": args.n_classes,
+            "model_kwargs": opts, "rounds": args.infer_runs, "warmup": max(1, args.warmup),
+            "intra_threads": args.intra_threads, "inter_threads": args.inter_threads, "workdir": args.workdir,
+        }, timeout=args.timeout)
+        res.setdefault("model", m)
+        res["date"] = datetime.datetime.now().isoformat(timespec="seconds")
+        rows.append(res)
+        _emit(res, args.json_out)
+    print(format_inference(rows))
+    return 0
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from kseg.benchmark import dataset_n_classes, dataset_pairs, load_avg, machine_info, run_in_subprocess
@@ -131,6 +161,10 @@ def main(argv=None):
     width = args.input_width or args.input_height
     models = _models(args.model_name)
     opts = dict(args.model_option)
+    from kseg import bench_peers
+
+    if bench_peers.wanted(args):  # checks its models' options and sizes itself (--peers KEYS: not --model_name's)
+        return bench_peers.main_from_cli(args, models, width, opts, emit=lambda o: _emit(o, args.json_out))
     from kseg.models import model_spec
     from kseg.models.registry import check_input_size, parse_model_options
 
@@ -140,6 +174,8 @@ def main(argv=None):
         check_input_size(m, args.input_height, width, *model_spec(m).size_rule(**typed))
     if len(models) == 1:
         opts = typed  # typed values for the plain Keras baseline too
+    if args.inference:
+        return _inference(args, models, width, opts)
     baseline = args.baseline == "on" or (args.baseline == "auto" and "unet" in models)
     date = datetime.datetime.now().isoformat(timespec="seconds")
     machine = machine_info()

@@ -11,6 +11,7 @@ import sys
 
 from kseg.cli import common as cli
 from kseg.errors import KsegError
+from kseg.runtime import RUNTIME_CHOICES
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -51,6 +52,10 @@ def build_parser():
     p.add_argument("--flip", action="store_true", help="horizontal-flip test-time augmentation")
     p.add_argument("--batch_size", type=cli.positive_int, default=8,
                    help="sliding-window tiles per forward pass")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default=None,
+                   help="how the .keras model runs: auto = onnxruntime on a cached, parity-checked ONNX copy "
+                        "on a CPU-only machine with the export extra when it measured faster, else Keras "
+                        "(default: $KSEG_RUNTIME, else auto); see kseg test --help")
     p.add_argument("--debug", action="store_true",
                    help="verbose logging and error details in the JSON answers (no interactive debugger)")
     return p
@@ -107,7 +112,7 @@ def main(argv=None):
                          max_tiles=args.max_tiles, max_queue=args.max_queue, busy_timeout=args.busy_timeout,
                          max_results=args.max_results, max_results_mb=args.max_results_mb,
                          result_ttl_minutes=args.result_ttl, results_dir=args.results_dir,
-                         flip=args.flip, batch_size=args.batch_size, debug=args.debug)
+                         flip=args.flip, batch_size=args.batch_size, debug=args.debug, runtime=args.runtime)
         server = make_server(args.host, args.port, app, threaded=True, fd=sock.fileno())
     finally:
         sock.close()  # the server holds its own duplicate of the socket
@@ -117,6 +122,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, _stop)  # a clean exit removes the temporary results folder
     host = f"[{args.host}]" if ":" in args.host else args.host
     state = app.extensions["kseg"]
+    print(state.predictor.runtime_line(), flush=True)
     print(f"kseg demo: {state.model_name} ({weights}) on http://{host}:{server.port}/ "
           "(Ctrl+C to stop)", flush=True)
     try:

@@ -2,10 +2,18 @@
 
 kseg test --weights_path weights/unet_shapes --mIOU
 kseg test --weights_path weights/unet_dubai --mode slide --test_dir big_tiles/ --time
+kseg test --weights_path weights/unet_shapes --runtime keras     # no ONNX copy, the Keras model itself
 
 Writes <output>/masks/<stem>.png (palette PNGs of class indices, at each image's size),
 <output>/overlays/<stem>.png (image blended with the mask, legend of class names) and,
 with --mIOU, report.json + confusion_matrix.png; with --time, timing.json.
+
+--runtime auto (the default; $KSEG_RUNTIME changes it): on a machine without a GPU and
+with the export extra installed (pip install kseg[export]), the .keras model is
+converted to ONNX once, checked against Keras with the export's parity tolerance,
+cached in <experiment>/cache/ and run by onnxruntime when that measured faster;
+otherwise Keras runs it (a failed conversion or parity check says why in one warning
+line). The line "runtime: ..." names what ran the model.
 
 Older command lines work as written: --test_images / --val_images (= --test_dir),
 --val_annotations (= --label_dir), --output_path (= --output), --classes
@@ -21,7 +29,7 @@ import os
 from kseg import config as C
 from kseg.cli import common as cli
 from kseg.errors import ConfigError, DataError
-from kseg.runtime import RUNTIMES
+from kseg.runtime import RUNTIME_CHOICES, RUNTIMES
 
 #: The defaults of the older project's test.py, used for a model file outside any experiment.
 LEGACY_DEFAULTS = {"input_height": 224, "input_width": 224, "image_init": "divide", "resize_op": 1,
@@ -66,6 +74,11 @@ def build_parser():
     p.add_argument("--backend", choices=RUNTIMES, default="keras",
                    help="runtime: the Keras model or an exported file in the experiment folder")
     p.add_argument("--model_file", default=None, help="exported model file for --backend (default: in the experiment)")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default=None,
+                   help="how the .keras model runs (--backend keras): auto = onnxruntime on a cached, "
+                        "parity-checked ONNX copy when there is no GPU, the export extra is installed and it "
+                        "measured faster, else Keras; keras; onnx = the ONNX copy or an error "
+                        "(default: $KSEG_RUNTIME, else auto)")
     g = p.add_argument_group("what the model is (checked against config.json; needed for a bare model file)")
     g.add_argument("--model_name", default=None)
     g.add_argument("--n_classes", "--classes", dest="n_classes", type=cli.positive_int, default=None)
@@ -89,6 +102,24 @@ def _default_dir(cfg, arg, sub, flag):
     if not dataset:
         raise DataError(f"the experiment's config.json names no dataset; pass {flag}")
     return os.path.join(dataset, sub)
+
+
+def _folders(args, defaults, config):
+    """``(test_dir, label_dir)`` from the flags, the legacy defaults or the experiment's
+    dataset; their files are listed (and paired) here, before any model is loaded."""
+    from kseg.predict import folder_items
+
+    if args.mIOU and args.val_images:
+        if args.test_dir and os.path.abspath(args.test_dir) != os.path.abspath(args.val_images):
+            print(f"note: --mIOU scores --val_images {args.val_images}; --test_images {args.test_dir} is not used")
+        args.test_dir = args.val_images
+    test_dir = args.test_dir or defaults.get("test_dir") or _default_dir(config, None, "test_image", "--test_dir")
+    label_dir = None
+    if args.mIOU:
+        label_dir = args.label_dir or defaults.get("label_dir") or _default_dir(config, None, "test_label",
+                                                                                "--label_dir")
+    folder_items(test_dir, label_dir)
+    return test_dir, label_dir
 
 
 def _is_bare_model_file(path):
@@ -117,13 +148,18 @@ def _bare_model_predictor(args, **kw):
                           f"{' and '.join(missing).replace('--n_classes', '--classes')}")
     if args.backend != "keras":
         raise ConfigError("--backend needs an experiment folder (exported files live there)")
+    if args.runtime == "onnx":
+        raise ConfigError("--runtime onnx needs an experiment folder (the ONNX copy is cached there); "
+                          "use --runtime keras for a model file outside any experiment")
     from kseg.models import model_spec
 
     model_spec(args.model_name)  # an unknown name lists the valid ones
     cfg = weights_config(args.weights_path, model_name=args.model_name, n_classes=args.n_classes,
                          **{k: getattr(args, k) if getattr(args, k) is not None else LEGACY_DEFAULTS[k]
                             for k in ("input_height", "input_width", "image_init", "resize_op")})
-    pred = Predictor(keras_runner(model=load_weights_file(args.weights_path, cfg)), cfg, **kw)
+    run = keras_runner(model=load_weights_file(args.weights_path, cfg))
+    run.runtime_note = "a model file outside any experiment" if args.runtime != "keras" else "--runtime keras"
+    pred = Predictor(run, cfg, **kw)
     pred.folder = os.path.dirname(os.path.abspath(args.weights_path))
     return pred
 
@@ -131,6 +167,7 @@ def _bare_model_predictor(args, **kw):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     cli.start_engine()
+    from kseg.experiment import resolve_weights
     from kseg.predict import Predictor, format_timing, predict_folder
 
     opts = dict(mode=args.mode, tile=args.tile, stride=args.stride, flip=args.flip, batch_size=args.batch_size)
@@ -142,20 +179,18 @@ def main(argv=None):
         weights = args.weights_path or latest_experiment()
         if args.weights_path is None:
             print(f"using the most recent experiment: {weights}")
-        pred = Predictor.from_experiment(weights, backend=args.backend, model_file=args.model_file, **opts)
-        check_against_experiment(args, pred.config)
+        # the flags and the folders are checked before the model is loaded (and, with
+        # --runtime auto, converted): a bad flag or folder fails at once
+        config = resolve_weights(weights)[2]
+        check_against_experiment(args, config)
         defaults = {}
-    if args.mIOU and args.val_images:
-        if args.test_dir and os.path.abspath(args.test_dir) != os.path.abspath(args.val_images):
-            print(f"note: --mIOU scores --val_images {args.val_images}; --test_images {args.test_dir} is not used")
-        args.test_dir = args.val_images
-    test_dir = args.test_dir or defaults.get("test_dir") or _default_dir(pred.config, None, "test_image",
-                                                                          "--test_dir")
+        test_dir, label_dir = _folders(args, defaults, config)
+        pred = Predictor.from_experiment(weights, backend=args.backend, model_file=args.model_file,
+                                         runtime=args.runtime, **opts)
+    if bare:
+        test_dir, label_dir = _folders(args, defaults, pred.config)
+    print(pred.runtime_line())
     out_dir = args.output or defaults.get("output") or os.path.join(pred.folder, "predictions")
-    label_dir = None
-    if args.mIOU:
-        label_dir = args.label_dir or defaults.get("label_dir") or _default_dir(pred.config, None, "test_label",
-                                                                                "--label_dir")
     res = predict_folder(pred, test_dir, out_dir, label_dir=label_dir, overlays=args.overlay, timing=args.time,
                          batch_size=args.batch_size)
     n, dt = res["images"], res["seconds"]

@@ -30,7 +30,9 @@ The package, by job:
 * :mod:`kseg.export.parity` -- the parity check, its tolerances, its (and int8
   calibration) images, made by the predictor's own preprocessing;
 * :mod:`kseg.export.core` -- :func:`export_keras_model` and :func:`export_model`;
-* :mod:`kseg.export.bench` -- :func:`benchmark_runtimes`: Keras vs onnxruntime vs TFLite latency.
+* :mod:`kseg.export.bench` -- :func:`benchmark_runtimes`: Keras vs onnxruntime vs TFLite latency;
+* :mod:`kseg.export.cache` -- the cached ONNX copy of ``--runtime auto``, made in a subprocess
+  (``python -m kseg.export.cache``) that :func:`kseg.runtime.auto_runner` starts.
 
 The runners that load an exported file (:func:`make_runner`, :func:`runtime_runner`,
 used by :class:`kseg.predict.Predictor` for ``scripts/test.py --backend

@@ -593,7 +593,7 @@ def create_app(weights_path=None, *, predictor=None, max_upload_mb=DEFAULT_MAX_U
                max_tiles=DEFAULT_MAX_TILES, max_queue=DEFAULT_MAX_QUEUE,
                max_results=DEFAULT_MAX_RESULTS, max_results_mb=DEFAULT_MAX_RESULTS_MB,
                result_ttl_minutes=DEFAULT_RESULT_TTL_MINUTES, results_dir=None, busy_timeout=DEFAULT_BUSY_TIMEOUT,
-               flip=False, batch_size=4, warmup=True, debug=False):
+               flip=False, batch_size=4, warmup=True, debug=False, runtime=None):
     """Build the demo's Flask app for one experiment.
 
     Args:
@@ -619,6 +619,9 @@ def create_app(weights_path=None, *, predictor=None, max_upload_mb=DEFAULT_MAX_U
         warmup: run forward passes at start-up so the first request is not slow (the
             second is timed to estimate the longest model time of a request).
         debug: add the exception text to JSON 500 answers (never an interactive debugger).
+        runtime: how the ``.keras`` model runs (``"auto"``, ``"keras"``, ``"onnx"``; ``None``:
+            ``$KSEG_RUNTIME``, else ``auto``; see :meth:`kseg.predict.Predictor.from_experiment`).
+            The choice is logged and is ``app.extensions["kseg"].predictor.runtime``.
 
     Returns:
         A ``flask.Flask`` app; its demo state is ``app.extensions["kseg"]``.
@@ -645,7 +648,9 @@ def create_app(weights_path=None, *, predictor=None, max_upload_mb=DEFAULT_MAX_U
     if predictor is None:
         if weights_path is None:
             raise KsegError("create_app needs weights_path (weights/<exp_name>) or a predictor")
-        predictor = Predictor.from_experiment(weights_path, mode="resize", flip=flip, batch_size=batch_size)
+        predictor = Predictor.from_experiment(weights_path, mode="resize", flip=flip, batch_size=batch_size,
+                                              runtime=runtime)
+    log.info("%s", predictor.runtime_line())
     window_seconds = None
     if warmup:
         blank = np.zeros(predictor.size + (3,), np.uint8)
