@@ -2,6 +2,7 @@
 
 import datetime
 import os
+import shutil
 import time
 
 import keras
@@ -37,14 +38,27 @@ class ExperimentCheckpoint(keras.callbacks.Callback):
         with atomic_path(os.path.join(self.folder, name)) as tmp, saved_unfrozen(self.model):
             self.model.save(tmp)
 
+    def _link_best(self):
+        """``best.keras`` = the ``last.keras`` just written: a hard link (a copy where the
+        file system has none), put in place atomically. Serialising the model once per
+        epoch instead of twice saves ~1 s per epoch for a 31M-parameter U-Net. The next
+        ``last.keras`` is a new file renamed into place, so the link keeps this one."""
+        last = os.path.join(self.folder, X.LAST)
+        with atomic_path(os.path.join(self.folder, X.BEST)) as tmp:
+            os.remove(tmp)
+            try:
+                os.link(last, tmp)
+            except OSError:
+                shutil.copyfile(last, tmp)
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         value = logs.get(self.monitor)
         improved = value is not None and (self.best is None or value > self.best)
+        self._save(X.LAST)
         if improved:
             self.best = float(value)
-            self._save(X.BEST)
-        self._save(X.LAST)
+            self._link_best()
         X.write_json(
             os.path.join(self.folder, X.STATE),
             {"epoch": epoch + 1, "monitor": self.monitor, "best": self.best,

@@ -198,10 +198,21 @@ def test_precision_policy_auto_is_on_only_with_16_bit_matrix_units(monkeypatch):
     monkeypatch.setattr(T, "_cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
     assert T.precision_policy(None) == "mixed_bfloat16"
     monkeypatch.setattr(T, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})  # bf16 dot products, no AMX
+    monkeypatch.setattr(T, "cpu_bfloat16_speedup", lambda: 1.1)  # measured: not worth it
     assert T.precision_policy(None) == "float32"
     assert T.precision_policy(True) == "mixed_bfloat16"  # still available on request
+    monkeypatch.setattr(T, "cpu_bfloat16_speedup", lambda: 2.5)  # measured: clearly faster
+    assert T.precision_policy(None) == "mixed_bfloat16"
     monkeypatch.setattr(T, "_cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(T, "cpu_bfloat16_speedup", lambda: 9.9)  # never asked without the instructions
     assert T.precision_policy(None) == "float32" and T.precision_policy(True) == "float32"
+
+
+def test_bfloat16_speedup_is_measured_once_per_process():
+    from kseg import hardware as T
+
+    first = T.cpu_bfloat16_speedup(repeats=3)
+    assert first > 0 and T.cpu_bfloat16_speedup() == first
 
 
 def test_mixed_bfloat16_training_keeps_loss_and_output_float32():

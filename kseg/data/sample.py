@@ -30,7 +30,7 @@ SAMPLE_INPUT_SIZE = (48, 48)
 #: generator already varies size, position, colour and texture, so no online
 #: augmentation; a cosine decay to zero after a one-epoch warm-up ends the run at a
 #: small learning rate, so the last epochs settle instead of swinging.
-SAMPLE_TRAIN = {"epochs": 15, "augment": False, "schedule": "cosine", "warmup_epochs": 1}
+SAMPLE_TRAIN = {"epochs": 20, "augment": False, "schedule": "cosine", "warmup_epochs": 1}
 
 
 def _texture(rng, h, w):
