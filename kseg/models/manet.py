@@ -73,7 +73,7 @@ def manet_decoder(taps, inputs, *, decoder_filters=(256, 128, 64, 32, 16), pab_f
 
 
 @register_model(MODEL, divisor=_DIVISOR, min_size=_MIN_SIZE, test_size=(64, 64),
-                test_kwargs={"encoder": "mobilenetv2", "decoder_filters": (16, 8, 8, 8, 8), "pab_filters": 8})
+                test_kwargs={"encoder": "mobilenetv3small", "decoder_filters": (16, 8, 8, 8, 8), "pab_filters": 8})
 def manet(
     n_classes=2,
     input_shape=(None, None, 3),

@@ -336,6 +336,56 @@ def test_custom_layer(layer_name, tmp_path):
         np.testing.assert_allclose(b, a, rtol=3e-2, atol=3e-2)
 
 
+_JAX_LAYERS = r"""
+import json, sys
+import numpy as np
+import keras
+assert keras.backend.backend() == "jax", keras.backend.backend()
+import kseg.models.layers  # noqa: F401 (registers the custom layers for loading)
+folder = sys.argv[1]
+out = {}
+for name in sys.argv[2:]:
+    model = keras.saving.load_model(f"{folder}/{name}.keras", compile=False)
+    data = np.load(f"{folder}/{name}.npz")
+    inputs = [data[f"x{i}"] for i in range(len(data.files))]
+    y = model(inputs if len(inputs) > 1 else inputs[0])
+    np.savez(f"{folder}/{name}.jax.npz", *[keras.ops.convert_to_numpy(t) for t in keras.tree.flatten(y)])
+    out[name] = "ok"
+print("JSON" + json.dumps(out))
+"""
+
+
+def test_every_custom_layer_gives_the_same_outputs_on_jax(tmp_path):
+    """Every custom layer (a tiny model of it, saved here on TensorFlow) loads and runs on JAX
+    with the outputs TensorFlow gave: the per-layer backend check, cheap enough to cover all of
+    them in every run (whole zoo models on JAX: tests/models/test_models.py, JAX_MODELS)."""
+    pytest.importorskip("jax")
+    import subprocess
+
+    expected = {}
+    for name in _custom_layers():
+        model, _ = _tiny_model(getattr(L, name), LAYER_SAMPLES[name])
+        data = _sample_data(LAYER_SAMPLES[name])
+        expected[name] = _run(model, data)
+        model.save(str(tmp_path / f"{name}.keras"))
+        np.savez(tmp_path / f"{name}.npz", **{f"x{i}": d for i, d in enumerate(data)})
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.path.dirname(os.path.dirname(MODELS_DIR)))
+    proc = subprocess.run([sys.executable, "-c", _JAX_LAYERS, str(tmp_path), *expected], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0 and "JSON" in proc.stdout, proc.stderr[-3000:]
+    for name, want in expected.items():
+        got = np.load(tmp_path / f"{name}.jax.npz")
+        got = [got[f"arr_{i}"] for i in range(len(got.files))]
+        assert len(got) == len(want), name
+        for a, b in zip(want, got):
+            assert a.shape == b.shape, name
+            if a.dtype.kind in "iu":
+                np.testing.assert_array_equal(a, b, err_msg=name)
+            else:
+                np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
 # ------------------------------------------------------------------ source conventions
 
 
