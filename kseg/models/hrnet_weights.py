@@ -635,17 +635,19 @@ def resolve_weights(encoder_weights, width):
     return path
 
 
-def read_meta(path):
-    """The ``__meta__`` of a kseg weights file (checked to be an HRNet file)."""
+def read_meta(path, model="hrnet", title="HRNet"):
+    """The ``__meta__`` of a kseg weights file, checked to be one for ``model`` (``hrnet``,
+    ``segformer``: every converted-weights file of kseg has this format); ``title`` names it
+    in the error."""
     try:
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["__meta__"])) if "__meta__" in f.files else None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise EncoderWeightsError(f"{path} is not a kseg weights file ({' '.join(str(e).split())}); make "
-                                  "one with kseg convert_weights") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("model") != "hrnet":
-        raise EncoderWeightsError(f"{path} is not a kseg HRNet weights file (no {FORMAT} hrnet metadata); "
-                                  "make one with kseg convert_weights hrnet CHECKPOINT")
+                                  f"one with kseg convert_weights {model} CHECKPOINT") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("model") != model:
+        raise EncoderWeightsError(f"{path} is not a kseg {title} weights file (no {FORMAT} {model} metadata); "
+                                  f"make one with kseg convert_weights {model} CHECKPOINT")
     return meta
 
 

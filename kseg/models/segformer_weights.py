@@ -21,9 +21,7 @@ classification ``head``, exactly the encoder of :func:`kseg.models.segformer.seg
 ``kseg convert_weights segformer mit_b0.pth --variant b0`` is the command.
 """
 
-import json
 import os
-import zipfile
 
 import numpy as np
 
@@ -253,17 +251,9 @@ def resolve_weights(encoder_weights, variant):
 
 
 def read_meta(path):
-    """The ``__meta__`` of a kseg weights file, checked to be a SegFormer (MiT) file."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            meta = json.loads(str(f["__meta__"])) if "__meta__" in f.files else None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise EncoderWeightsError(f"{path} is not a kseg weights file ({' '.join(str(e).split())}); make one "
-                                  "with kseg convert_weights segformer CHECKPOINT") from None
-    if not isinstance(meta, dict) or meta.get("format") != H.FORMAT or meta.get("model") != "segformer":
-        raise EncoderWeightsError(f"{path} is not a kseg SegFormer weights file (no {H.FORMAT} segformer "
-                                  "metadata); make one with kseg convert_weights segformer CHECKPOINT")
-    return meta
+    """The ``__meta__`` of a kseg weights file, checked to be a SegFormer (MiT) file
+    (:func:`kseg.models.hrnet_weights.read_meta`, the one reader of kseg's weights files)."""
+    return H.read_meta(path, model="segformer", title="SegFormer")
 
 
 def load_into(model, path, prefix):
