@@ -77,7 +77,7 @@ def test_encoder_layers_follow_the_builder_and_its_options():
     seg_names = [layer.name for layer in encoder_layers(seg)]
     assert "segnet_enc1_conv1_conv" in seg_names and "segnet_enc5_pool" in seg_names
     assert not [n for n in seg_names if "_dec" in n or "_head" in n]
-    assert {"attunet", "r2unet", "unet++"}.isdisjoint(ENCODERS)
+    assert {"attunet", "r2unet"}.isdisjoint(ENCODERS)  # unet++ as unet: only with encoder=...
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -86,7 +86,7 @@ def test_every_model_has_its_encoder_found_or_refused(name):
     if "encoder_weights" in inspect.signature(spec.builder).parameters:  # pretrainable: must be in the table
         assert name in ENCODERS, f"{name} takes encoder_weights: add its encoder to kseg.models.freeze.ENCODERS"
     model = spec.builder(n_classes=2, input_shape=(*spec.test_size, 3), **spec.test_kwargs)
-    if name not in ENCODERS or name == "unet":  # unet: only with encoder=... (tested above)
+    if name not in ENCODERS or name in ("unet", "unet++"):  # only with encoder=... (above; unet++: test_unetpp_encoder.py)
         with pytest.raises(ModelConfigError, match=f"^{re.escape(name)}: the model has no pretrained encoder"):
             encoder_layers(model)
         return

@@ -112,7 +112,7 @@ def aspp_v2(x, n_classes, rates=(6, 12, 18, 24), name="aspp", hidden=None, dropo
     return layers.Add(name=f"{name}_sum")(branches)
 
 
-def aspp(x, filters, atrous_rates, dropout, name):
+def aspp(x, filters, atrous_rates, dropout, name, separable=False):
     """Atrous Spatial Pyramid Pooling (DeepLabV3, Chen et al. 2017).
 
     Parallel branches on ``x``: a 1x1 conv, one 3x3 conv per rate in
@@ -120,12 +120,20 @@ def aspp(x, filters, atrous_rates, dropout, name):
     back to ``x``'s size, so any input size works); each has ``filters`` channels
     and BN + ReLU. They are concatenated, projected by a 1x1 conv-BN-ReLU and
     passed through dropout. Layers are named ``{name}_*``.
+
+    ``separable=True`` (DeepLabV3+'s Xception setting, Chen et al. 2018) makes each 3x3
+    branch an atrous separable convolution
+    (:func:`kseg.models.layers.separable_conv_bn_act`: dilated depthwise 3x3, BN, ReLU,
+    pointwise 1x1, BN, ReLU); the 1x1, pooling and projection branches stay as they are.
     """
     branches = [L.conv_bn_act(x, filters, 1, name=f"{name}_1x1")]
     for rate in atrous_rates:
-        branches.append(
-            L.conv_bn_act(x, filters, 3, dilation_rate=rate, name=f"{name}_rate{rate}")
-        )
+        if separable:
+            branches.append(L.separable_conv_bn_act(x, filters, 3, dilation_rate=rate, name=f"{name}_rate{rate}"))
+        else:
+            branches.append(
+                L.conv_bn_act(x, filters, 3, dilation_rate=rate, name=f"{name}_rate{rate}")
+            )
     pooled = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool_gap")(x)
     pooled = L.conv_bn_act(pooled, filters, 1, name=f"{name}_pool")
     branches.append(L.ResizeLike(name=f"{name}_pool_resize")([pooled, x]))

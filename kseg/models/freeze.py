@@ -7,7 +7,7 @@ model, where its encoder is; models without one (the plain U-Net family) are abs
 and asking to freeze them is a one-line :class:`kseg.errors.ModelConfigError`.
 
 Two ways of naming an encoder, both read from the built model, so they follow the
-options it was built with (``unet`` has an encoder only with ``encoder=...``,
+options it was built with (``unet`` and ``unet++`` have an encoder only with ``encoder=...``,
 ``deeplab_v2`` a VGG16 or a ResNet-101):
 
 * ``APPLICATION`` -- a ``keras.applications`` encoder of
@@ -19,7 +19,8 @@ options it was built with (``unet`` has an encoder only with ``encoder=...``,
 * a regular expression -- kseg's own backbones, by layer-name prefix after the
   model's name (``{name}_enc1_conv1_conv``, ``{name}_backbone_stage3_...``): segnet's
   VGG16 encoder, DeepLabV2's dilated VGG16 / ResNet-101, PSPNet's and ICNet's dilated
-  ResNet (ICNet: the shared stem-to-stage-2 sub-model and stages 2-4 of the low
+  ResNet (PSPNet built with ``encoder=...``: that ``keras.applications`` encoder, found as
+  above; ICNet: the shared stem-to-stage-2 sub-model and stages 2-4 of the low
   branch, not the full-resolution branch), ENet's initial block and stages 1-3 (the
   paper trains that encoder on its own first), HRNet's stem, stages and transitions
   (everything before the head), SegFormer's Mix Transformer (everything before the all-MLP
@@ -68,6 +69,7 @@ ENCODERS = {
     "segformer": r"mit_",
     "segnet": r"enc\d",
     "unet": APPLICATION,  # with encoder=...; the paper's U-Net has none
+    "unet++": APPLICATION,  # with encoder=...; the paper's UNet++ has none
     "unet_xception_resnetblock": APPLICATION,
     "upernet": APPLICATION,
     "vggunet": APPLICATION,
@@ -89,7 +91,7 @@ def _model_name(model, model_name):
 def _no_encoder(name):
     return ModelConfigError(
         f"{name}: the model has no pretrained encoder to freeze; --freeze_encoder works with "
-        f"{', '.join(sorted(ENCODERS))} (unet with encoder=...); drop --freeze_encoder"
+        f"{', '.join(sorted(ENCODERS))} (unet and unet++ with encoder=...); drop --freeze_encoder"
     )
 
 
@@ -124,6 +126,8 @@ def encoder_layers(model, model_name=None):
     else:
         pattern = re.compile(re.escape(f"{model.name}_") + f"(?:{where})")
         found = [layer for layer in model.layers if pattern.match(layer.name)]
+        if not found:  # built on a keras.applications encoder instead (pspnet's encoder=...)
+            found = _application_layers(model)
     if not found:
         raise _no_encoder(name)
     return found

@@ -69,6 +69,20 @@ def conv_bn_act(
     return x
 
 
+def separable_conv_bn_act(x, filters, kernel_size=3, name="sepconv", dilation_rate=1, activation="relu"):
+    """DeepLab's "atrous separable convolution": a (dilated) depthwise conv -> BN -> activation,
+    then a 1x1 pointwise conv -> BN -> activation (Chen et al. 2018, Sec. 3.1; the authors'
+    code puts BN and ReLU between the two convs). Layers ``{name}_depthwise``,
+    ``{name}_depthwise_bn|_act``, ``{name}_pointwise``, ``{name}_bn|_act``."""
+    x = layers.DepthwiseConv2D(kernel_size, padding="same", dilation_rate=dilation_rate, use_bias=False,
+                               depthwise_initializer="he_normal", name=f"{name}_depthwise")(x)
+    x = bn(x, f"{name}_depthwise_bn")
+    x = layers.Activation(activation, name=f"{name}_depthwise_act")(x)
+    x = layers.Conv2D(filters, 1, use_bias=False, kernel_initializer="he_normal", name=f"{name}_pointwise")(x)
+    x = bn(x, f"{name}_bn")
+    return layers.Activation(activation, name=f"{name}_act")(x)
+
+
 def double_conv(x, filters, name, use_bn=True, activation="relu"):
     """Two 3x3 conv-BN-act layers: the UNet level block."""
     x = conv_bn_act(x, filters, 3, name=f"{name}_conv1", use_bn=use_bn, activation=activation)

@@ -3,7 +3,9 @@
 import keras
 from keras import layers
 
+from kseg.errors import ModelConfigError
 from kseg.models import _checks as C
+from kseg.models import _decoders as D
 from kseg.models import layers as L
 from kseg.models import pretrained as P
 from kseg.models._context_blocks import pyramid_pooling
@@ -14,14 +16,38 @@ MODEL = "pspnet"
 
 
 def _divisor(options):
-    """Input sizes must be multiples of the output stride (8 or 16)."""
-    return C.one_of(MODEL, "output_stride", options["output_stride"], (8, 16))
+    """The paper's backbone: input sizes must be multiples of the output stride (8 or 16).
+    Any ``encoder``: every size from the encoder's minimum (the head resizes)."""
+    if options["encoder"] is None:
+        return C.one_of(MODEL, "output_stride", options["output_stride"], (8, 16))
+    C.one_of(MODEL, "output_stride", options["output_stride"], (8, 16, 32))
+    return 1
+
+
+def _min_size(options):
+    if options["encoder"] is None:
+        return 32
+    return D.encoder_spec_of(MODEL, options["encoder"]).min_size
+
+
+#: Options of the paper's dilated ResNet that an ``encoder`` does not take, with their defaults.
+_PAPER_BACKBONE_OPTIONS = {"backbone": "resnet50", "deep_stem": True, "width_multiplier": 1.0}
+
+
+def _check_encoder_options(encoder, **given):
+    """With ``encoder``, the paper backbone's options must stay at their defaults (one-line error)."""
+    for option, value in given.items():
+        if value != _PAPER_BACKBONE_OPTIONS[option]:
+            raise ModelConfigError(
+                f"{MODEL}: {option}={value!r} applies to the paper's dilated ResNet only, not to "
+                f"encoder={encoder!r}; drop {option} (or encoder)"
+            )
 
 
 @register_model(
     MODEL,
     divisor=_divisor,
-    min_size=32,
+    min_size=_min_size,
     test_size=(64, 64),
     test_kwargs={"width_multiplier": 0.0625},
 )
@@ -30,6 +56,7 @@ def pspnet(
     input_shape=(None, None, 3),
     *,
     activation="softmax",
+    encoder=None,
     backbone="resnet50",
     output_stride=8,
     deep_stem=True,
@@ -40,7 +67,7 @@ def pspnet(
     width_multiplier=1.0,
     name="pspnet",
 ):
-    """PSPNet: a dilated ResNet with a pyramid pooling module.
+    """PSPNet: a dilated ResNet (or any encoder) with a pyramid pooling module.
 
     Reference:
         H. Zhao, J. Shi, X. Qi, X. Wang, J. Jia, "Pyramid Scene Parsing Network",
@@ -56,6 +83,18 @@ def pspnet(
     dropout, 1x1 classifier) gives the auxiliary output the paper trains with
     weight 0.4. Train with batches of several images: the 1x1 bin's BN sees one
     value per channel per image (the paper used batch 16).
+
+    Any encoder: ``encoder="mobilenetv2"`` (a name of
+    :data:`kseg.models.backbones.ENCODERS`) replaces the paper's ResNet with that
+    ``keras.applications`` network, dilated to ``output_stride`` 8 (the paper's) or 16
+    where its dilation plan offers it (:func:`kseg.models.backbones.build_encoder`; an
+    encoder without a plan, e.g. vgg16, takes only ``output_stride=32``, no dilation).
+    The head is the same: the pyramid pooling module on the deepest feature (bins of
+    ``C / 4`` channels), the 3x3 conv (512), dropout, classifier, bilinear upsampling;
+    ``aux_head`` sits on the encoder's stride-16 tap (its stage before the last).
+    ``encoder_weights`` then loads that encoder's ImageNet weights; ``deep_stem``,
+    ``width_multiplier`` and ``backbone`` belong to the paper's ResNet and must stay at
+    their defaults. Any input size from the encoder's minimum (32) works.
 
     ImageNet start: ``encoder_weights="imagenet"`` (or the path of a
     ``keras.applications.ResNet50/101`` weights file, ``include_top=False``) loads
@@ -82,22 +121,32 @@ def pspnet(
           with ImageNet weights); without ``encoder_weights`` the backbone trains
           from scratch, which the paper never did.
 
+    Differences from SMP's PSPNet (segmentation_models.pytorch): SMP cuts the encoder at
+    depth 3 (stride 8, no dilation: ResNet-50's stage 3, 1024 channels, instead of the
+    dilated stage 4), has no BN in the 1x1 bin's branch, a 1x1 conv (not 3x3) to 512
+    after the concatenation, spatial dropout 0.2, a 3x3 classifier and no auxiliary
+    segmentation head. ``encoder="resnet50"`` here keeps all four stages, dilated.
+
     Args:
         n_classes: number of classes (1 = binary with a sigmoid output).
         input_shape: ``(height, width, channels)``; height and width may be ``None``
             and must otherwise be multiples of ``output_stride``.
         activation: ``"softmax"`` (default), ``"sigmoid"`` or ``None`` for logits.
-        backbone: ``"resnet50"`` (3-4-6-3 blocks) or ``"resnet101"`` (3-4-23-3).
+        encoder: ``None`` (the paper's dilated ResNet, default) or a name of
+            :data:`kseg.models.backbones.ENCODERS`.
+        backbone: ``"resnet50"`` (3-4-6-3 blocks) or ``"resnet101"`` (3-4-23-3); the
+            paper's ResNet only.
         output_stride: 8 (paper) or 16 (cheaper: stage 3 strides, dilation 2 in
-            stage 4 only).
-        deep_stem: the three-conv stem (default) or the 7x7 one.
+            stage 4 only); with ``encoder`` also 32 (no dilation, any encoder).
+        deep_stem: the three-conv stem (default) or the 7x7 one (paper's ResNet only).
         encoder_weights: ``None`` (random), ``"imagenet"`` or a
             ``keras.applications`` ResNet weights file of ``backbone`` (needs
-            ``deep_stem=False``).
+            ``deep_stem=False``); with ``encoder``, that encoder's weights.
         bins: pyramid bin sizes.
         dropout: dropout rate before the classifiers.
         aux_head: also return the auxiliary output (for training).
-        width_multiplier: scales every channel count (for tiny test models).
+        width_multiplier: scales every channel count (for tiny test models; paper's
+            ResNet only).
         name: model name and layer-name prefix.
 
     Returns:
@@ -108,6 +157,7 @@ def pspnet(
         >>> model = pspnet(n_classes=21, input_shape=(480, 480, 3))
         >>> imagenet = pspnet(21, (480, 480, 3), deep_stem=False, encoder_weights="imagenet")
         >>> train_model = pspnet(21, (480, 480, 3), aux_head=True)
+        >>> light = pspnet(21, (480, 480, 3), encoder="mobilenetv2", encoder_weights="imagenet")
         >>> train_model.compile("adam", ["sparse_categorical_crossentropy"] * 2,
         ...                     loss_weights=[1.0, 0.4])
     """
@@ -120,27 +170,35 @@ def pspnet(
         MODEL, "bins", bins, hint=" (paper: 1, 2, 3, 6)",
         what="a sequence of bin sizes, and each pyramid bin must be a positive integer",
     )
-    P.check_start(MODEL, encoder_weights, width_multiplier, deep_stem)
     source = None
-    if encoder_weights is not None:  # read before building: a bad value fails fast
-        source = P.read_resnet(MODEL, backbone, encoder_weights, f"{name}_backbone")
-    inputs = keras.Input(shape=input_shape, name=f"{name}_input")
-    features = dilated_resnet(
-        inputs,
-        f"{name}_backbone",
-        backbone=backbone,
-        output_stride=output_stride,
-        deep_stem=deep_stem,
-        width_multiplier=width_multiplier,
-    )
-    x = pyramid_pooling(features[3], bins, name=f"{name}_ppm")
+    if encoder is not None:
+        _check_encoder_options(encoder, backbone=backbone, deep_stem=deep_stem, width_multiplier=width_multiplier)
+        inputs = keras.Input(shape=input_shape, name=f"{name}_input")
+        taps = D.encoder_taps(MODEL, inputs, encoder, encoder_weights, output_stride)
+        D.require_taps(MODEL, taps, (16, 32) if aux_head else (32,))
+        deepest, stage3 = taps[32], taps.get(16)
+    else:
+        P.check_start(MODEL, encoder_weights, width_multiplier, deep_stem)
+        if encoder_weights is not None:  # read before building: a bad value fails fast
+            source = P.read_resnet(MODEL, backbone, encoder_weights, f"{name}_backbone")
+        inputs = keras.Input(shape=input_shape, name=f"{name}_input")
+        features = dilated_resnet(
+            inputs,
+            f"{name}_backbone",
+            backbone=backbone,
+            output_stride=output_stride,
+            deep_stem=deep_stem,
+            width_multiplier=width_multiplier,
+        )
+        deepest, stage3 = features[3], features[2]
+    x = pyramid_pooling(deepest, bins, name=f"{name}_ppm")
     x = L.conv_bn_act(x, L.scaled(512, width_multiplier), 3, name=f"{name}_head")
     x = layers.Dropout(dropout, name=f"{name}_head_dropout")(x)
     x = layers.Conv2D(n_classes, 1, name=f"{name}_logits")(x)
     x = L.ResizeLike(name=f"{name}_upsample")([x, inputs])
     outputs = L.output_activation(x, n_classes, name, activation)
     if aux_head:
-        a = L.conv_bn_act(features[2], L.scaled(256, width_multiplier), 3, name=f"{name}_aux")
+        a = L.conv_bn_act(stage3, L.scaled(256, width_multiplier), 3, name=f"{name}_aux")
         a = layers.Dropout(dropout, name=f"{name}_aux_dropout")(a)
         a = layers.Conv2D(n_classes, 1, name=f"{name}_aux_logits")(a)
         a = L.ResizeLike(name=f"{name}_aux_upsample")([a, inputs])

@@ -1,4 +1,4 @@
-"""Every decoder over every encoder (fpn, linknet, pan, manet, upernet, deeplabv3 x ENCODERS).
+"""Every decoder over every encoder (fpn, linknet, pan, manet, upernet, deeplabv3, unet++ x ENCODERS).
 
 Building every encoder for real under every decoder would take minutes, so:
 
@@ -33,6 +33,7 @@ from kseg.models.deeplabv3 import deeplabv3_decoder
 from kseg.models.fpn import fpn_decoder
 from kseg.models.linknet import linknet_decoder
 from kseg.models.manet import manet_decoder
+from kseg.models.nested_unet import nested_decoder
 from kseg.models.pan import pan_decoder
 from kseg.models.upernet import upernet_decoder
 
@@ -47,6 +48,7 @@ DECODERS = {
     "manet": (manet_decoder, {"decoder_filters": (8, 4, 4, 4, 4), "pab_filters": 4}, 3),
     "upernet": (upernet_decoder, {"fpn_filters": 8, "ppm_filters": 4}, 1),
     "deeplabv3": (deeplabv3_decoder, {"filters": 8}, 1),
+    "unet++": (nested_decoder, {"decoder_filters": (8, 4, 4, 4, 4)}, 3),
 }
 DILATED = ("pan", "deeplabv3")  # default output stride 16
 REAL_SUBSET = ("resnet50", "mobilenetv2", "efficientnetb0", "vgg16", "xception")
@@ -163,11 +165,13 @@ def test_every_decoder_on_real_taps(encoder):
     """One real encoder with the decoders on its taps (one model, one output each), one
     forward pass at an odd size (65x97: taps of rounded sizes). MA-Net only over encoders
     of at most 512 deepest channels: its PAB and first MFAB have 3x3 convs as wide as the
-    deepest feature (113M weights over 2048 channels); its sizes are handled like linknet's."""
+    deepest feature (113M weights over 2048 channels); its sizes are handled like linknet's.
+    UNet++ likewise (its inner nodes are as wide as the taps: 17M weights over ResNet-50's;
+    test_unetpp_encoder.py builds it over resnet50, mobilenetv2 and Xception-sized taps)."""
     keras.backend.clear_session()
     inputs = keras.Input((None, None, 3))
     _, taps = build_encoder(encoder, inputs)
-    names = [n for n in DECODERS if n != "manet" or taps[32].shape[-1] <= 512]
+    names = [n for n in DECODERS if n not in ("manet", "unet++") or taps[32].shape[-1] <= 512]
     model = keras.Model(inputs, [_decode(name, taps, inputs) for name in names])
     x = np.random.default_rng(0).random((1, 65, 97, 3), dtype=np.float32)
     for name, out in zip(names, model(x, training=False)):

@@ -318,7 +318,7 @@ def test_deeplabv3plus_aspp_and_output_stride():
     default = deeplabv3plus.__kwdefaults__
     assert (default["filters"], default["low_level_filters"], default["atrous_rates"]) == (
         256, 48, (6, 12, 18))
-    assert default["backbone"] == "resnet50"
+    assert (default["encoder"], default["backbone"], default["output_stride"]) == ("resnet50", None, 16)
 
 
 @pytest.mark.parametrize("backbone,low_level,deepest", [
@@ -335,7 +335,10 @@ def test_deeplabv3plus_other_backbones(backbone, low_level, deepest):
 
 
 def test_deeplabv3plus_unknown_backbone():
+    # backbone= is the old name of encoder= and takes any encoder; vgg16 is one without a dilation plan
     with pytest.raises(UnknownNameError, match="mobilenetv2"):
+        deeplabv3plus(2, (64, 64, 3), backbone="resnet18")
+    with pytest.raises(ModelConfigError, match="encoder vgg16 takes output_stride=32"):
         deeplabv3plus(2, (64, 64, 3), backbone="vgg16")
 
 
