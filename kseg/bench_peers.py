@@ -61,6 +61,7 @@ class Variant:
     jit_compile: str
     mixed_precision: object
     doc: str
+    direct_dilation: bool = True  # kseg.compat.direct_dilated_convolutions, as kseg train
 
 
 VARIANTS = {v.name: v for v in (
@@ -71,6 +72,8 @@ VARIANTS = {v.name: v for v in (
     Variant("xla_mixed", "tensorflow", "on", True, "TensorFlow, XLA and mixed precision"),
     Variant("jax", "jax", "auto", None, "the JAX backend (XLA), precision auto"),
     Variant("jax_mixed", "jax", "auto", True, "the JAX backend, mixed precision"),
+    Variant("keras_dilation", "tensorflow", "auto", None, "as default, but dilated convolutions through Keras' "
+            "own TensorFlow path (SpaceToBatch)", direct_dilation=False),
 )}
 DEFAULT_VARIANTS = ("default", "float32", "mixed", "xla", "jax")
 
@@ -110,13 +113,23 @@ PEERS = {p.key: p for p in (
     Peer("enet", "enet", (), "build_torch_enet", True,
          "a plain PyTorch ENet written for the benchmark from the paper (kseg.bench_peers.build_torch_enet)",
          "3x3/2 convs padded symmetrically (TF 'same' pads bottom/right): same cost"),
-    Peer("deeplabv3plus", "deeplabv3plus", (("backbone", "resnet50"),), "build_smp_deeplabv3plus", True,
+    Peer("deeplabv3plus", "deeplabv3plus", (("encoder", "resnet50"), ("separable", False)), "build_smp_deeplabv3plus",
+         True,
          "SMP DeepLabV3Plus(encoder resnet50, output stride 16, atrous rates 6/12/18, standard ASPP convs, "
          "ASPP dropout 0.1) with its decoder matched to kseg's",
          "ResNet-50 from torchvision (stride on the 3x3 conv, v1.5; no conv biases) vs keras.applications "
          "(stride on the first 1x1, v1; 26,560 conv biases): torch does 1.2% more FLOPs; SMP's extra "
          "separable 3x3 after the ASPP is removed and its one separable 3x3 decoder conv replaced by kseg's "
          "two 3x3 conv-BN-ReLU; bilinear resizes use align_corners=True in SMP"),
+    Peer("deeplabv3plus_separable", "deeplabv3plus", (("encoder", "resnet50"), ("separable", True)),
+         "build_smp_deeplabv3plus_separable", True,
+         "SMP DeepLabV3Plus(encoder resnet50, output stride 16, atrous rates 6/12/18, separable ASPP convs, "
+         "ASPP dropout 0.1) with its decoder matched to kseg's separable form (the paper's Xception setting)",
+         "ResNet-50 as for deeplabv3plus (26,560 conv biases in keras.applications'); SMP's separable convs get "
+         "BN-ReLU between the depthwise and the pointwise conv (the paper's code, kseg), its extra separable 3x3 "
+         "after the ASPP is removed and its one separable decoder conv replaced by kseg's two; bilinear "
+         "resizes use align_corners=True in SMP. SMP as shipped has 26,816 parameters fewer than the matched "
+         "decoder (tests/models/test_deeplab_encoders.py)"),
     Peer("unet_vgg16", "unet", (("encoder", "vgg16"),), "build_smp_unet_vgg16", True,
          "SMP Unet(encoder vgg16, decoder_channels 256/128/64/32/16, bilinear upsampling) matched to kseg's",
          "decoder widths are the same (256, 128, 64, 32, 16); SMP adds a centre block for VGG encoders "
@@ -146,6 +159,10 @@ def find_peer(model, options=None):
     from kseg.models import model_spec
 
     options = dict(options or {})
+    if model == "deeplabv3plus" and "backbone" in options:  # the old name of its encoder option
+        from kseg.models.deeplabv3plus import resolve_encoder
+
+        options["encoder"] = resolve_encoder(options.get("encoder", "resnet50"), options.pop("backbone"))
     defaults = {k: p.default for k, p in inspect.signature(model_spec(model).builder).parameters.items()}
     for peer in PEERS.values():
         if peer.model != model:
@@ -284,6 +301,32 @@ def build_smp_deeplabv3plus(n_classes=2, in_channels=3):
                           decoder_aspp_dropout=0.1, classes=n_classes)
     m.decoder.aspp = nn.Sequential(m.decoder.aspp[0])  # kseg: the ASPP projection feeds the decoder directly
     m.decoder.block2 = nn.Sequential(*_conv_bn_relu(48 + 256, 256), *_conv_bn_relu(256, 256))
+    return m
+
+
+def _separable_conv_bn_relu(cin, cout, dilation=1):
+    """kseg's ``separable_conv_bn_act`` in torch: depthwise 3x3 (dilated), BN, ReLU, pointwise 1x1, BN, ReLU."""
+    from torch import nn
+
+    return [nn.Conv2d(cin, cin, 3, padding=dilation, dilation=dilation, groups=cin, bias=False), nn.BatchNorm2d(cin),
+            nn.ReLU(), nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+def build_smp_deeplabv3plus_separable(n_classes=2, in_channels=3):
+    """SMP's DeepLabV3Plus on ResNet-50 at output stride 16 with separable ASPP convs, its
+    decoder matched to kseg's ``deeplabv3plus(separable=True)`` (see :data:`PEERS` ``differences``)."""
+    import segmentation_models_pytorch as smp
+    from torch import nn
+
+    rates = (6, 12, 18)
+    m = smp.DeepLabV3Plus("resnet50", encoder_weights=None, encoder_output_stride=16, in_channels=in_channels,
+                          decoder_channels=256, decoder_atrous_rates=rates, decoder_aspp_separable=True,
+                          decoder_aspp_dropout=0.1, classes=n_classes)
+    aspp = m.decoder.aspp[0]
+    for i, rate in enumerate(rates, start=1):  # convs[0] is the 1x1 branch, convs[4] the pooling
+        aspp.convs[i] = nn.Sequential(*_separable_conv_bn_relu(2048, 256, rate))
+    m.decoder.aspp = nn.Sequential(aspp)  # kseg: the ASPP projection feeds the decoder directly
+    m.decoder.block2 = nn.Sequential(*_separable_conv_bn_relu(48 + 256, 256), *_separable_conv_bn_relu(256, 256))
     return m
 
 
@@ -562,10 +605,7 @@ def profile_training(cfg):
 
     limit_malloc_arenas()
     configure_threads(cfg.get("intra_threads", 0), cfg.get("inter_threads", 0))
-    import shutil
-
     import keras
-    import tensorflow as tf
 
     from kseg.models import get_model
     from kseg.optim import compile_model
@@ -581,6 +621,26 @@ def profile_training(cfg):
     jit = resolve_jit_compile(cfg.get("jit_compile", "auto"))
     compile_model(model, n_classes=n_classes, jit_compile=jit)
     x, y = _random_batch(b, h, w, n_classes)
+    from kseg.benchmark import dilation_context
+
+    with dilation_context(bool(cfg.get("direct_dilation", True))):
+        times, plain, profiled = _profiled_steps(model, x, y, warmup, steps)
+    out = {"model": cfg["model"], "model_kwargs": cfg.get("model_kwargs") or {}, "input_height": h,
+           "input_width": w, "batch_size": b, "dtype_policy": policy, "jit_compile": bool(jit),
+           "steps": steps, "params": int(model.count_params()),
+           "step_s": round(statistics.median(plain), 4), "profiled_step_s": round(profiled, 4)}
+    out.update(summarize_ops(times, steps, top=int(cfg.get("top", 15))))
+    out["load_avg"] = load_avg()
+    return out
+
+
+def _profiled_steps(model, x, y, warmup, steps):
+    """``warmup`` steps, ``steps`` timed steps, ``steps`` profiled steps: returns the op
+    times (:func:`op_times`), the timed steps' durations and the profiled mean step."""
+    import shutil
+
+    import tensorflow as tf
+
     for _ in range(max(1, warmup)):
         model.train_on_batch(x, y)
     plain = []
@@ -602,13 +662,7 @@ def profile_training(cfg):
         times = op_times(files[0], optimizer_scope=model.optimizer.name)
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
-    out = {"model": cfg["model"], "model_kwargs": cfg.get("model_kwargs") or {}, "input_height": h,
-           "input_width": w, "batch_size": b, "dtype_policy": policy, "jit_compile": bool(jit),
-           "steps": steps, "params": int(model.count_params()),
-           "step_s": round(statistics.median(plain), 4), "profiled_step_s": round(profiled, 4)}
-    out.update(summarize_ops(times, steps, top=int(cfg.get("top", 15))))
-    out["load_avg"] = load_avg()
-    return out
+    return times, plain, profiled
 
 
 def format_profile(r):
@@ -661,7 +715,7 @@ def kseg_job(label, model, kwargs, variant, size, batch_size, n_classes, steps, 
     cfg = {"model": model, "impl": "kseg", "input_height": size[0], "input_width": size[1],
            "batch_size": batch_size, "n_classes": n_classes, "model_kwargs": dict(kwargs), "steps": steps,
            "warmup": warmup, "jit_compile": v.jit_compile, "mixed_precision": v.mixed_precision,
-           "inference": False, **(threads or {})}
+           "inference": False, "direct_dilation": v.direct_dilation, **(threads or {})}
     return Job(label, variant, "kseg", cfg, env={"KERAS_BACKEND": v.backend})
 
 

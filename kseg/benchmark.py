@@ -30,6 +30,7 @@ Each configuration runs in its own subprocess (``python -m kseg.benchmark TASK J
 so memory figures do not mix and thread settings apply from the start.
 """
 
+import contextlib
 import datetime
 import json
 import os
@@ -52,7 +53,7 @@ JSON_KEYS = (
     "forward_gflop", "train_images_per_s", "train_step_s", "train_gflop_per_s",
     "conv_peak_gflop_per_s", "fraction_of_conv_peak", "infer_latency_ms_median",
     "infer_latency_ms_p90", "infer_images_per_s_b8", "peak_rss_mb", "pipeline_images_per_s",
-    "jit_compile", "dtype_policy", "steps_per_execution", "load_avg", "machine", "date",
+    "jit_compile", "dtype_policy", "steps_per_execution", "direct_dilation", "load_avg", "machine", "date",
 )
 
 
@@ -321,6 +322,16 @@ def configure_threads(intra=0, inter=0):
         tf.config.threading.set_inter_op_parallelism_threads(int(inter))
 
 
+def dilation_context(direct):
+    """:func:`kseg.compat.direct_dilated_convolutions` when ``direct`` (kseg's own runs, as
+    ``kseg train`` and prediction run), else nothing (the plain-Keras baseline)."""
+    if not direct:
+        return contextlib.nullcontext()
+    from kseg.compat import direct_dilated_convolutions
+
+    return direct_dilated_convolutions()
+
+
 def run_model_config(cfg):
     """Measure one model configuration; returns a dict of the figures (see module doc).
 
@@ -373,8 +384,10 @@ def run_model_config(cfg):
         "dtype_policy": policy,
         "steps_per_execution": spe,
     }
-    times = time_training(model, _random_batch(b, h, w, n_classes), steps=int(cfg.get("steps", 10)),
-                          warmup=int(cfg.get("warmup", 2)), steps_per_execution=spe)
+    res["direct_dilation"] = impl == "kseg" and bool(cfg.get("direct_dilation", True))
+    with dilation_context(res["direct_dilation"]):
+        times = time_training(model, _random_batch(b, h, w, n_classes), steps=int(cfg.get("steps", 10)),
+                              warmup=int(cfg.get("warmup", 2)), steps_per_execution=spe)
     step = statistics.median(times)
     res["train_step_s"] = round(step, 4)
     res["train_step_s_all"] = [round(t, 4) for t in times]
@@ -384,10 +397,11 @@ def run_model_config(cfg):
     res["train_peak_rss_mb"] = round(peak_rss_mb(), 1)
     if cfg.get("inference", True):
         runs = int(cfg.get("infer_runs", 20))
-        lat = time_inference(model, h, w, batch=1, runs=runs)
+        with dilation_context(res["direct_dilation"]):
+            lat = time_inference(model, h, w, batch=1, runs=runs)
+            thr = time_inference(model, h, w, batch=8, runs=max(3, runs // 4), warmup=2)
         res["infer_latency_ms_median"] = round(1000 * statistics.median(lat), 2)
         res["infer_latency_ms_p90"] = round(1000 * _percentile(lat, 90), 2)
-        thr = time_inference(model, h, w, batch=8, runs=max(3, runs // 4), warmup=2)
         res["infer_images_per_s_b8"] = round(8 / statistics.median(thr), 2)
     else:
         res["infer_latency_ms_median"] = res["infer_latency_ms_p90"] = res["infer_images_per_s_b8"] = None

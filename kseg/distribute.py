@@ -431,12 +431,17 @@ def prepare_model_for(model, dist):
     return multi_worker_symbolic_build(model, dist.strategy)
 
 
+@contextlib.contextmanager
 def fit_context(dist):
-    """The context ``model.fit`` runs in under ``dist``: for multi-worker runs Keras must
-    reduce scalar step logs with ``axis=None`` (:func:`kseg.compat.multi_worker_log_reduction`);
-    nothing for the other distributions."""
-    if dist.kind != "multi_worker":
-        return contextlib.nullcontext()
-    from kseg.compat import multi_worker_log_reduction
+    """The context ``model.fit`` runs in under ``dist``: dilated convolutions as one op
+    (:func:`kseg.compat.direct_dilated_convolutions`), and for multi-worker runs Keras'
+    reduction of scalar step logs with ``axis=None``
+    (:func:`kseg.compat.multi_worker_log_reduction`)."""
+    from kseg.compat import direct_dilated_convolutions, multi_worker_log_reduction
 
-    return multi_worker_log_reduction()
+    with direct_dilated_convolutions():
+        if dist.kind != "multi_worker":
+            yield
+        else:
+            with multi_worker_log_reduction():
+                yield

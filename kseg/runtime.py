@@ -162,6 +162,8 @@ def keras_runner(model_file=None, model=None, config=None):
     backend's compiled predict step). The returned function has attributes ``model``
     and ``input_size`` (``(h, w)`` when the model was built for one size, else ``None``).
     """
+    from kseg.compat import direct_dilated_convolutions
+
     if model is None:
         from kseg.experiment import load_model_file
 
@@ -169,7 +171,8 @@ def keras_runner(model_file=None, model=None, config=None):
     model = as_float32(model)
 
     def run(batch):
-        return np.asarray(model.predict_on_batch(batch))
+        with direct_dilated_convolutions():  # the predict function is traced on the first call
+            return np.asarray(model.predict_on_batch(batch))
 
     run.model = model
     run.runtime = "keras"

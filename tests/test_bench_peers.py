@@ -92,8 +92,11 @@ def test_side_by_side_rows_from_fake_runs():
 
 def test_peers_are_found_by_model_and_options():
     assert P.find_peer("enet").key == "enet"
-    assert P.find_peer("deeplabv3plus").key == "deeplabv3plus"  # resnet50 is the default backbone
+    assert P.find_peer("deeplabv3plus").key == "deeplabv3plus"  # resnet50 is the default encoder
     assert P.find_peer("deeplabv3plus", {"backbone": "mobilenetv2"}) is None
+    assert P.find_peer("deeplabv3plus", {"encoder": "mobilenetv2", "separable": True}) is None
+    assert P.find_peer("deeplabv3plus", {"separable": True}).key == "deeplabv3plus_separable"
+    assert P.find_peer("deeplabv3plus", {"backbone": "resnet50", "separable": True}).key == "deeplabv3plus_separable"
     assert P.find_peer("unet", {"encoder": "vgg16"}).key == "unet_vgg16"
     assert P.find_peer("unet") is None  # the paper's U-Net: no SMP counterpart
     assert P.find_peer("fpn") is None  # kseg's default has the smoothing convs SMP lacks
@@ -266,7 +269,7 @@ def test_smp_peers_are_kseg_networks():
     # + 3 * (512 + 512 + 2048) + 2048 output channels
     resnet_biases = 64 + 3 * 384 + 256 + 4 * 768 + 512 + 6 * 1536 + 1024 + 3 * 3072 + 2048
     assert resnet_biases == 26_560
-    for key, extra in (("unet_vgg16", 0), ("deeplabv3plus", resnet_biases)):
+    for key, extra in (("unet_vgg16", 0), ("deeplabv3plus", resnet_biases), ("deeplabv3plus_separable", resnet_biases)):
         peer = P.PEERS[key]
         r = P.run_task("peer", {"peer": key, "input_height": 64, "input_width": 64, "n_classes": 3,
                                 "count_only": True}, timeout=300)
