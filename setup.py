@@ -7,7 +7,7 @@ EXTRAS = {
     "serve": ["flask>=2.3"],
 }
 EXTRAS["dev"] = sorted(
-    {d for ds in EXTRAS.values() for d in ds} | {"pytest>=7", "jax[cpu]", "selenium>=4.11"}
+    {d for ds in EXTRAS.values() for d in ds} | {"pytest>=7", "pytest-xdist>=3", "jax[cpu]", "selenium>=4.11"}
 )
 # NVIDIA GPUs (not part of dev: it pulls several GB of CUDA libraries)
 EXTRAS["gpu"] = ["tensorflow[and-cuda]>=2.16"]

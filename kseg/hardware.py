@@ -32,6 +32,21 @@ def limit_malloc_arenas(n=2):
         return False
 
 
+def release_free_memory():
+    """Hand the heap's free pages back to the system (glibc ``malloc_trim(0)``) after
+    large objects were dropped, e.g. between test modules that each build dozens of
+    models; a no-op outside glibc. Returns whether it ran."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
 def gpu_available():
     """Whether the current backend sees a GPU."""
     import keras

@@ -10,6 +10,12 @@ os.environ.setdefault("KSEG_RUNTIME", "keras")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from kseg.hardware import limit_malloc_arenas, release_free_memory  # noqa: E402
+
+# as kseg train does: two malloc arenas, before TensorFlow starts its threads (the suite's
+# resident memory otherwise creeps up module after module)
+limit_malloc_arenas()
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATASETS = os.path.join(os.path.dirname(REPO), "shared", "datasets")
 
@@ -17,7 +23,8 @@ SHARED_DATASETS = os.path.join(os.path.dirname(REPO), "shared", "datasets")
 @pytest.fixture(autouse=True, scope="module")
 def _free_keras_state():
     """After each test module: drop Keras' global state (graphs, traced functions, layer
-    name counters) so that models built by earlier modules do not pile up in memory."""
+    name counters) so that models built by earlier modules do not pile up in memory, and
+    return the freed heap pages to the system."""
     yield
     import gc
     import sys
@@ -27,6 +34,7 @@ def _free_keras_state():
 
         keras.backend.clear_session()
     gc.collect()
+    release_free_memory()
 
 
 def shared_dataset(name):
