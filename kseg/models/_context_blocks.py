@@ -112,6 +112,20 @@ def aspp_v2(x, n_classes, rates=(6, 12, 18, 24), name="aspp", hidden=None, dropo
     return layers.Add(name=f"{name}_sum")(branches)
 
 
+#: DeepLabV3's and DeepLabV3+'s ASPP rates at output stride 16
+PAPER_RATES = (6, 12, 18)
+
+
+def atrous_rates_at(atrous_rates, output_stride):
+    """The ASPP rates used at ``output_stride``: the papers' (6, 12, 18) become (12, 24, 36)
+    at output stride 8, as DeepLabV3 (Sec. 4.2) and DeepLabV3+ do; other rates are used as
+    given."""
+    rates = tuple(atrous_rates)
+    if output_stride == 8 and rates == PAPER_RATES:
+        return tuple(2 * r for r in rates)
+    return rates
+
+
 def aspp(x, filters, atrous_rates, dropout, name, separable=False):
     """Atrous Spatial Pyramid Pooling (DeepLabV3, Chen et al. 2017).
 

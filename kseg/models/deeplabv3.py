@@ -5,7 +5,7 @@ import keras
 from kseg.models import _checks as C
 from kseg.models import _decoders as D
 from kseg.models import layers as L
-from kseg.models._context_blocks import aspp
+from kseg.models._context_blocks import PAPER_RATES, aspp, atrous_rates_at
 from kseg.models.registry import register_model
 
 MODEL = "deeplabv3"
@@ -36,7 +36,7 @@ def deeplabv3(
     encoder_weights=None,
     output_stride=16,
     filters=256,
-    atrous_rates=(6, 12, 18),
+    atrous_rates=PAPER_RATES,
     dropout=0.5,
     head_conv=False,
     activation="softmax",
@@ -79,7 +79,8 @@ def deeplabv3(
         encoder_weights: ``None`` (random), ``"imagenet"`` or a local weights file.
         output_stride: 16 (paper, training), 8 (where the encoder offers it) or 32.
         filters: channels of the ASPP branches (256).
-        atrous_rates: dilation rates of the ASPP's 3x3 convs (6, 12, 18 at output stride 16).
+        atrous_rates: dilation rates of the ASPP's 3x3 convs (6, 12, 18 at output stride 16;
+            the default becomes 12, 24, 36 at output stride 8).
         dropout: dropout after the ASPP projection.
         head_conv: one more 3x3 conv-BN-ReLU after the ASPP (SMP and torchvision).
         activation: ``"softmax"`` (``"sigmoid"`` when ``n_classes == 1``), ``"sigmoid"`` or
@@ -101,7 +102,8 @@ def deeplabv3(
     C.flag(MODEL, "head_conv", head_conv)
     inputs = keras.Input(tuple(input_shape), name=f"{name}_input")
     taps = D.encoder_taps(MODEL, inputs, encoder, encoder_weights, output_stride)
-    x = deeplabv3_decoder(taps, inputs, filters=filters, atrous_rates=atrous_rates, dropout=dropout,
+    x = deeplabv3_decoder(taps, inputs, filters=filters, atrous_rates=atrous_rates_at(atrous_rates, output_stride),
+                          dropout=dropout,
                           head_conv=bool(head_conv), name=name)
     outputs = D.head(x, inputs, n_classes, activation, name)
     return keras.Model(inputs, outputs, name=name)

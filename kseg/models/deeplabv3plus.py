@@ -7,14 +7,13 @@ from kseg.errors import ModelConfigError
 from kseg.models import _checks as C
 from kseg.models import _decoders as D
 from kseg.models import layers as L
-from kseg.models._context_blocks import aspp
+from kseg.models._context_blocks import PAPER_RATES, aspp, atrous_rates_at
 from kseg.models.registry import register_model
 
 MODEL = "deeplabv3plus"
 
 DEFAULT_ENCODER = "resnet50"
 #: The paper's ASPP rates at output stride 16; doubled at output stride 8 (Sec. 4).
-PAPER_RATES = (6, 12, 18)
 
 
 def resolve_encoder(encoder=DEFAULT_ENCODER, backbone=None):
@@ -33,15 +32,6 @@ def resolve_encoder(encoder=DEFAULT_ENCODER, backbone=None):
             f"the old name of encoder: give only encoder={encoder!r}"
         )
     return backbone
-
-
-def atrous_rates_at(atrous_rates, output_stride):
-    """The ASPP rates used at ``output_stride``: the paper's default (6, 12, 18) becomes
-    (12, 24, 36) at output stride 8, as in the paper; other rates are used as given."""
-    rates = tuple(atrous_rates)
-    if output_stride == 8 and rates == PAPER_RATES:
-        return tuple(2 * r for r in rates)
-    return rates
 
 
 def _min_size(options):

@@ -20,7 +20,8 @@ from kseg.errors import ModelConfigError, UnknownNameError
 from kseg.models import _decoders as D
 from kseg.models import get_model, model_spec
 from kseg.models.backbones import ENCODERS
-from kseg.models.deeplabv3plus import atrous_rates_at, deeplabv3plus_decoder, resolve_encoder
+from kseg.models._context_blocks import atrous_rates_at
+from kseg.models.deeplabv3plus import deeplabv3plus_decoder, resolve_encoder
 from kseg.models.freeze import encoder_layers
 from kseg.models.profile import count_macs
 
@@ -245,3 +246,11 @@ def test_pspnet_encoder_errors():
     model = get_model("pspnet", n_classes=2, input_height=64, input_width=64, encoder="vgg16", output_stride=32)
     assert model.get_layer("pspnet_ppm_pool1").input is model.get_layer("block5_pool").output
     assert model.output_shape == (None, 64, 64, 2)
+
+
+def test_deeplabv3_doubles_the_paper_rates_at_output_stride_8():
+    from kseg.models import deeplabv3
+
+    model = deeplabv3(2, (64, 64, 3), encoder="mobilenetv2", output_stride=8, filters=4)
+    assert [model.get_layer(f"deeplabv3_aspp_rate{r}_conv").dilation_rate for r in (12, 24, 36)] == \
+        [(12, 12), (24, 24), (36, 36)]
