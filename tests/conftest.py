@@ -20,6 +20,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATASETS = os.path.join(os.path.dirname(REPO), "shared", "datasets")
 
 
+#: Test modules that each reach 2.5-3 GB (the zoo's largest models at their default sizes,
+#: ONNX conversions, multi-process training): under ``pytest -n 2 --dist loadgroup`` they
+#: share one xdist group, so they run one after another on one worker and never two at
+#: once (two of them side by side took the suite's memory to 10.3 GB); every other module
+#: is a group of its own (its module fixtures run once, on one worker).
+HEAVY_MODULES = (
+    "tests/models/test_models.py", "tests/models/test_param_counts.py", "tests/models/test_encoder_zoo.py",
+    "tests/test_export_models.py", "tests/test_export.py", "tests/test_distributed.py", "tests/test_benchmark.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group("heavy" if module in HEAVY_MODULES else module))
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _free_keras_state():
     """After each test module: drop Keras' global state (graphs, traced functions, layer
