@@ -21,30 +21,34 @@ def limit_malloc_arenas(n=2):
     before TensorFlow starts its threads; a no-op outside glibc. Returns whether the
     cap was set.
     """
-    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+    if os.environ.get("MALLOC_ARENA_MAX"):
         return False
+    libc = _glibc()
+    return bool(libc is not None and libc.mallopt(-8, int(n)))  # M_ARENA_MAX
+
+
+def _glibc():
+    """glibc (``ctypes.CDLL``) with ``mallopt`` and ``malloc_trim``, or ``None`` where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-8, int(n)))  # M_ARENA_MAX
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
     except (OSError, AttributeError):
-        return False
+        return None
 
 
 def release_free_memory():
     """Hand the heap's free pages back to the system (glibc ``malloc_trim(0)``) after
     large objects were dropped, e.g. between test modules that each build dozens of
     models; a no-op outside glibc. Returns whether it ran."""
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        return True
-    except (OSError, AttributeError):
-        return False
+    libc.malloc_trim(0)
+    return True
 
 
 def gpu_available():
